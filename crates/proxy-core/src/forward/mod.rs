@@ -1,0 +1,65 @@
+//! The forwarders: what runs behind one route's socket.
+//!
+//! The table binds a socket, builds a [`RouteCtx`] and spawns [`tcp::serve`] or
+//! [`udp::serve`]. A forwarder reads the route's live settings from a `watch` channel once
+//! per connection or session, so an update in place reaches new clients while open ones
+//! carry on with what they started with.
+
+pub(crate) mod bind;
+pub(crate) mod dial;
+pub(crate) mod tcp;
+pub(crate) mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hooks::{ConnInfo, Hooks};
+use crate::route::{Protocol, RouteOptions, RouteSpec, Target};
+use crate::stats::RouteStats;
+
+/// The part of a route that may change without rebinding.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub targets: Vec<Target>,
+    pub options: RouteOptions,
+    pub hooks: Hooks,
+}
+
+impl Live {
+    pub fn from_spec(spec: &RouteSpec) -> Self {
+        Live { targets: spec.targets.clone(), options: spec.options.clone(), hooks: spec.hooks.clone() }
+    }
+}
+
+/// Everything a running forwarder needs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RouteCtx {
+    pub alias: Arc<str>,
+    pub protocol: Protocol,
+    /// The bound address.
+    pub listen: SocketAddr,
+    pub live: watch::Receiver<Arc<Live>>,
+    pub stats: Arc<RouteStats>,
+    /// Cancelled when the route is removed: stop accepting and drop the listener at once.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when open connections and sessions must close (after the drain grace).
+    pub close_conns: CancellationToken,
+    /// Tracks the listener task and every connection or session task of this route.
+    pub tracker: TaskTracker,
+}
+
+impl RouteCtx {
+    /// The hook view of a client of this route.
+    pub fn conn_info(&self, peer: SocketAddr) -> ConnInfo<'_> {
+        ConnInfo { alias: &self.alias, protocol: self.protocol, peer, listen: self.listen }
+    }
+
+    /// The current live settings.
+    pub fn current(&self) -> Arc<Live> {
+        self.live.borrow().clone()
+    }
+}

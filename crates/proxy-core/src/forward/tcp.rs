@@ -1,0 +1,204 @@
+//! The TCP forwarder: accept, dial, copy both ways with half-close forwarded.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use super::{Live, RouteCtx, dial};
+use crate::hooks::Direction;
+use crate::stats::RouteStats;
+
+/// Size of the buffer a direction borrows while bytes are ready; released when the
+/// socket has nothing more to read, so an idle connection holds none.
+const COPY_BUF: usize = 32 * 1024;
+/// First and longest pause after an accept error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Runs the accept loop until the route is removed; the listener is dropped on return.
+pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.stop_accepting.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let live = ctx.current();
+                let max = live.options.max_connections;
+                if max > 0 && ctx.stats.active.load(Relaxed) >= u64::from(max) {
+                    RouteStats::add(&ctx.stats.rejected, 1);
+                    debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "reject", max_connections = max, "over max_connections");
+                    drop(client);
+                    continue;
+                }
+                let conn_ctx = ctx.clone();
+                ctx.tracker.spawn(async move { connection(client, peer, live, conn_ctx).await });
+            }
+            Err(e) if is_per_connection(&e) => {
+                debug!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, "client gone before accept");
+            }
+            Err(e) => {
+                error!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, backoff = ?backoff, "accept failed; backing off");
+                ctx.stats.set_last_error(format!("accept: {e}"));
+                tokio::select! {
+                    _ = ctx.stop_accepting.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    drop(listener);
+}
+
+/// Errors that concern one would-be connection, not the listener.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// Keeps `active` right however the connection ends.
+struct ActiveGuard(Arc<RouteStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: RouteCtx) {
+    RouteStats::add(&ctx.stats.total, 1);
+    RouteStats::add(&ctx.stats.active, 1);
+    let _active = ActiveGuard(ctx.stats.clone());
+    let info = ctx.conn_info(peer);
+    if let Some(hook) = &live.hooks.pre_dial
+        && let Err(reason) = hook.pre_dial(&info)
+    {
+        RouteStats::add(&ctx.stats.rejected, 1);
+        debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
+        return;
+    }
+    let dialled = tokio::select! {
+        _ = ctx.close_conns.cancelled() => return,
+        dialled = dial::tcp(&live.targets, live.options.connect_timeout) => dialled,
+    };
+    let (upstream, dst) = match dialled {
+        Ok(ok) => ok,
+        Err(e) => {
+            RouteStats::add(&ctx.stats.dial_errors, 1);
+            ctx.stats.set_last_error(e.to_string());
+            warn!(protocol = "tcp", listen = %ctx.listen, %peer, action = "dial_error", error = %e, "no target answered");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "accept", "connected");
+
+    let started = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let pipe = Pipe { ctx: &ctx, live: &live, peer, started, last_activity: &last_activity };
+    // Either direction failing (a reset) ends both; a clean FIN only ends its own.
+    let both = async {
+        tokio::try_join!(
+            pipe.copy(&client, &upstream, Direction::ClientToTarget),
+            pipe.copy(&upstream, &client, Direction::TargetToClient),
+        )
+        .map(|_| ())
+    };
+    let outcome = tokio::select! {
+        r = both => r.map_err(|e| e.to_string()),
+        _ = ctx.close_conns.cancelled() => Err("route removed".to_string()),
+        _ = idle(&live, started, &last_activity) => Err("idle timeout".to_string()),
+    };
+    match outcome {
+        Ok(()) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", "done"),
+        Err(reason) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", %reason, "closed"),
+    }
+}
+
+/// Resolves when the connection has been idle for `tcp_idle_timeout`; never without one.
+async fn idle(live: &Live, started: Instant, last_activity: &AtomicU64) {
+    let Some(timeout) = live.options.tcp_idle_timeout else {
+        return std::future::pending().await;
+    };
+    let mut deadline = started + timeout;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        let last = started + Duration::from_millis(last_activity.load(Relaxed));
+        let next = last + timeout;
+        if next <= Instant::now() {
+            return;
+        }
+        deadline = next;
+    }
+}
+
+struct Pipe<'a> {
+    ctx: &'a RouteCtx,
+    live: &'a Live,
+    peer: SocketAddr,
+    started: Instant,
+    last_activity: &'a AtomicU64,
+}
+
+impl Pipe<'_> {
+    /// Copies `from` → `to` until `from` sends FIN, then shuts down writing on `to` (the
+    /// half-close is forwarded; the other direction keeps flowing).
+    async fn copy(&self, from: &TcpStream, to: &TcpStream, direction: Direction) -> io::Result<()> {
+        let counter = match direction {
+            Direction::ClientToTarget => &self.ctx.stats.bytes_in,
+            Direction::TargetToClient => &self.ctx.stats.bytes_out,
+        };
+        loop {
+            from.readable().await?;
+            // Borrowed only while bytes are ready: an idle connection holds no buffer.
+            let mut buf = Vec::with_capacity(COPY_BUF);
+            loop {
+                buf.clear();
+                match from.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        let _ = SockRef::from(to).shutdown(Shutdown::Write);
+                        return Ok(());
+                    }
+                    Ok(n) => {
+                        if let Some(hook) = &self.live.hooks.on_read {
+                            hook.on_read(&self.ctx.conn_info(self.peer), direction, &buf[..n]);
+                        }
+                        write_all(to, &buf[..n]).await?;
+                        RouteStats::add(counter, n as u64);
+                        self.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! proxy-core: TCP and UDP forwarders under a live, diffing route table.
+//!
+//! Providers describe the routes they want as [`RouteSpec`] values and hand the whole set
+//! to [`RouteTable::apply`]; the table diffs it against what runs and touches only what
+//! changed. The crate knows nothing of Docker or files.
+//!
+//! ```no_run
+//! use proxy_core::{Protocol, RouteSpec, RouteTable, Target};
+//! # async fn demo() {
+//! let table = RouteTable::new();
+//! let ssh = RouteSpec::new("ssh", Protocol::Tcp, "127.0.0.1:2222".parse().unwrap(), vec![Target::new("127.0.0.1", 22)]);
+//! table.apply(vec![ssh]).await;
+//! for route in table.status() {
+//!     println!("{} {:?} {}", route.spec.alias, route.bound, route.state.name());
+//! }
+//! table.shutdown().await;
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod forward;
+mod hooks;
+mod route;
+mod stats;
+mod table;
+
+pub use error::{DialError, RouteError};
+pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
+pub use route::{Family, Protocol, RouteId, RouteOptions, RouteSpec, Scheme, Target};
+pub use stats::{RouteState, RouteStats, RouteStatus, StatsSnapshot};
+pub use table::{ApplyReport, RouteTable};

@@ -1,0 +1,392 @@
+//! The route model: what a provider asks the core to forward.
+//!
+//! A [`RouteSpec`] is a plain value. Providers (the Docker watcher, the routes file, a
+//! program using this crate) build it; the [`RouteTable`](crate::RouteTable) consumes it
+//! and never learns where it came from beyond the display-only [`RouteSpec::source`].
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RouteError;
+use crate::hooks::Hooks;
+
+/// The transport a route forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// A stream: every accepted connection is dialled through to a target.
+    Tcp,
+    /// Datagrams: every client address gets a session with its own upstream socket.
+    Udp,
+}
+
+impl Protocol {
+    /// The lowercase name used in logs, labels and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which IP family a route's listener may use.
+///
+/// The `tcp4`/`tcp6`/`udp4`/`udp6` schemes force a family; plain `tcp`/`udp` take the
+/// bind address's family ([`Family::Any`]). With [`Family::V6`] an IPv6 listener is bound
+/// with `IPV6_V6ONLY`, so it never receives IPv4-mapped clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// The bind address decides.
+    #[default]
+    Any,
+    /// IPv4 only.
+    V4,
+    /// IPv6 only.
+    V6,
+}
+
+/// A scheme as written in labels and route files: `tcp`, `udp`, `tcp4`, `tcp6`, `udp4`, `udp6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scheme {
+    /// The transport.
+    pub protocol: Protocol,
+    /// The family constraint.
+    pub family: Family,
+}
+
+impl Scheme {
+    /// Every scheme name this crate accepts, for error messages and did-you-mean hints.
+    pub const NAMES: [&'static str; 6] = ["tcp", "udp", "tcp4", "tcp6", "udp4", "udp6"];
+}
+
+impl FromStr for Scheme {
+    type Err = RouteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (protocol, family) = match s {
+            "tcp" => (Protocol::Tcp, Family::Any),
+            "tcp4" => (Protocol::Tcp, Family::V4),
+            "tcp6" => (Protocol::Tcp, Family::V6),
+            "udp" => (Protocol::Udp, Family::Any),
+            "udp4" => (Protocol::Udp, Family::V4),
+            "udp6" => (Protocol::Udp, Family::V6),
+            other => return Err(RouteError::UnknownScheme(other.to_string())),
+        };
+        Ok(Scheme { protocol, family })
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let suffix = match self.family {
+            Family::Any => "",
+            Family::V4 => "4",
+            Family::V6 => "6",
+        };
+        write!(f, "{}{}", self.protocol, suffix)
+    }
+}
+
+/// Where a route forwards to: a host name or IP literal, and a port.
+///
+/// Host names are resolved each time a connection or session is dialled, never once at
+/// creation, so a container that comes back with a new address is found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Target {
+    /// A DNS name or an IP literal (IPv6 without brackets).
+    pub host: String,
+    /// The destination port (1..=65535).
+    pub port: u16,
+}
+
+impl Target {
+    /// A target from a host and port.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Target { host: host.into(), port }
+    }
+
+    /// The socket address when the host is an IP literal, without any lookup.
+    pub fn ip_addr(&self) -> Option<SocketAddr> {
+        self.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = RouteError;
+
+    /// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || RouteError::BadTarget(s.to_string());
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
+            (host, rest.strip_prefix(':').ok_or_else(bad)?)
+        } else {
+            s.rsplit_once(':').ok_or_else(bad)?
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 {
+            return Err(bad());
+        }
+        Ok(Target::new(host, port))
+    }
+}
+
+/// Tunables of one route, each with a documented default.
+///
+/// The same names are used in Docker labels and in the routes file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteOptions {
+    /// How long dialling a target may take before the client is closed. Default 5 s.
+    pub connect_timeout: Duration,
+    /// A TCP connection with no byte in either direction for this long is closed.
+    /// Default `None`: never (SSH sessions and database pools sit idle for hours).
+    pub tcp_idle_timeout: Option<Duration>,
+    /// A UDP session with no datagram in either direction for this long ends. Default 5 min.
+    pub udp_idle_timeout: Duration,
+    /// Most TCP connections open at once; further clients are closed at once and counted.
+    /// Default 0: unlimited.
+    pub max_connections: u32,
+    /// Most UDP sessions at once; at the cap the least recently used session is evicted.
+    /// Default 16384.
+    pub max_udp_sessions: u32,
+    /// When the route is removed, open connections may finish for this long before they are
+    /// closed. Default 0: closed at once.
+    pub drain_grace: Duration,
+}
+
+impl RouteOptions {
+    /// Default for [`RouteOptions::connect_timeout`].
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default for [`RouteOptions::udp_idle_timeout`].
+    pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default for [`RouteOptions::max_udp_sessions`].
+    pub const DEFAULT_MAX_UDP_SESSIONS: u32 = 16384;
+}
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        RouteOptions {
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            tcp_idle_timeout: None,
+            udp_idle_timeout: Self::DEFAULT_UDP_IDLE_TIMEOUT,
+            max_connections: 0,
+            max_udp_sessions: Self::DEFAULT_MAX_UDP_SESSIONS,
+            drain_grace: Duration::ZERO,
+        }
+    }
+}
+
+/// One route as a provider wants it.
+///
+/// Its identity in the table is [`RouteSpec::id`]: source, alias, protocol, family and the
+/// requested listen address. Two specs with the same id and different targets, options or
+/// hooks are the same route, updated in place; a different id is another route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// The route's name, as users wrote it (`ssh`, `dns`).
+    pub alias: String,
+    /// Where the route came from, for display only (a file path, a container name).
+    #[serde(default)]
+    pub source: String,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The family constraint from the scheme.
+    #[serde(default)]
+    pub family: Family,
+    /// The address to bind; port 0 lets the OS pick, and the bound address is reported.
+    pub listen: SocketAddr,
+    /// Where to forward to; tried in order until one answers.
+    pub targets: Vec<Target>,
+    /// Tunables.
+    #[serde(default)]
+    pub options: RouteOptions,
+    /// Programmatic hooks; never serialized.
+    #[serde(skip)]
+    pub hooks: Hooks,
+}
+
+impl RouteSpec {
+    /// A route with default options and no hooks.
+    pub fn new(alias: impl Into<String>, protocol: Protocol, listen: SocketAddr, targets: Vec<Target>) -> Self {
+        RouteSpec {
+            alias: alias.into(),
+            source: String::new(),
+            protocol,
+            family: Family::Any,
+            listen,
+            targets,
+            options: RouteOptions::default(),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// The same route with `source` set.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// The same route with `family` set.
+    pub fn with_family(mut self, family: Family) -> Self {
+        self.family = family;
+        self
+    }
+
+    /// The same route with `options` set.
+    pub fn with_options(mut self, options: RouteOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The same route with `hooks` set.
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The scheme this route was written with.
+    pub fn scheme(&self) -> Scheme {
+        Scheme { protocol: self.protocol, family: self.family }
+    }
+
+    /// The route's identity in the table.
+    pub fn id(&self) -> RouteId {
+        RouteId {
+            source: self.source.clone(),
+            alias: self.alias.clone(),
+            protocol: self.protocol,
+            family: self.family,
+            listen: self.listen,
+        }
+    }
+
+    /// Checks what can be checked without touching the network.
+    ///
+    /// Errors name the route: `route "dns": scheme udp6 but bind address 0.0.0.0 is IPv4`.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        let invalid = |reason: String| RouteError::Invalid { alias: self.alias.clone(), reason };
+        if self.alias.trim().is_empty() {
+            return Err(invalid("the alias is empty".into()));
+        }
+        let ip = self.listen.ip();
+        match (self.family, ip) {
+            (Family::V4, IpAddr::V6(_)) => {
+                return Err(invalid(format!("scheme {} but bind address {ip} is IPv6", self.scheme())));
+            }
+            (Family::V6, IpAddr::V4(_)) => {
+                return Err(invalid(format!("scheme {} but bind address {ip} is IPv4", self.scheme())));
+            }
+            _ => {}
+        }
+        if self.targets.is_empty() {
+            return Err(invalid("no target".into()));
+        }
+        for t in &self.targets {
+            if t.port == 0 {
+                return Err(invalid(format!("target {t} has port 0")));
+            }
+            if t.host.trim().is_empty() {
+                return Err(invalid(format!("target {t} has an empty host")));
+            }
+        }
+        if self.options.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout must be more than 0".into()));
+        }
+        if self.options.udp_idle_timeout.is_zero() {
+            return Err(invalid("udp_idle_timeout must be more than 0".into()));
+        }
+        if self.options.tcp_idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("tcp_idle_timeout must be more than 0 (leave it out to disable it)".into()));
+        }
+        if self.options.max_udp_sessions == 0 {
+            return Err(invalid("max_udp_sessions must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The identity of a route in the table; see [`RouteSpec::id`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteId {
+    /// Where it came from.
+    pub source: String,
+    /// Its name.
+    pub alias: String,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The family constraint.
+    pub family: Family,
+    /// The requested listen address (port 0 stays 0 here even once bound).
+    pub listen: SocketAddr,
+}
+
+impl fmt::Display for RouteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "route \"{}\" ({} {}", self.alias, self.protocol, self.listen)?;
+        if !self.source.is_empty() {
+            write!(f, " from {}", self.source)?;
+        }
+        f.write_str(")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_names_round_trip() {
+        for name in Scheme::NAMES {
+            let scheme: Scheme = name.parse().unwrap();
+            assert_eq!(scheme.to_string(), name);
+        }
+        assert!("tcpp".parse::<Scheme>().is_err());
+    }
+
+    #[test]
+    fn target_parses_names_v4_and_bracketed_v6() {
+        assert_eq!("db:5432".parse::<Target>().unwrap(), Target::new("db", 5432));
+        assert_eq!("10.0.0.1:53".parse::<Target>().unwrap(), Target::new("10.0.0.1", 53));
+        let v6: Target = "[::1]:22".parse().unwrap();
+        assert_eq!(v6, Target::new("::1", 22));
+        assert_eq!(v6.to_string(), "[::1]:22");
+        for bad in ["", "db", "db:", ":22", "db:0", "db:70000", "[::1]22", "a b:1"] {
+            assert!(bad.parse::<Target>().is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn family_mismatch_names_the_route_scheme_and_address() {
+        let spec =
+            RouteSpec::new("dns", Protocol::Udp, "0.0.0.0:53".parse().unwrap(), vec![Target::new("127.0.0.1", 53)])
+                .with_family(Family::V6);
+        let err = spec.validate().unwrap_err().to_string();
+        assert_eq!(err, "route \"dns\": scheme udp6 but bind address 0.0.0.0 is IPv4");
+    }
+}
