@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod fields;
 mod forward;
 mod hooks;
 mod route;

@@ -1,0 +1,395 @@
+//! The route vocabulary users write: one field grammar for Docker labels and the routes file.
+//!
+//! Both providers feed `field = value` pairs (label values are strings; YAML scalars are
+//! turned into their text) into a [`RouteDraft`], which checks each value as it is set and
+//! then builds [`RouteSpec`]s. One table, [`FIELDS`], names every field with its default,
+//! so labels and files can never drift apart and the README is generated from the same list.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::route::{Family, Protocol, RouteOptions, RouteSpec, Scheme, Target};
+
+/// The documentation of one field.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldDoc {
+    /// Its name in labels (`proxy.<alias>.<name>`) and in the routes file.
+    pub name: &'static str,
+    /// Its default, in words.
+    pub default: &'static str,
+    /// What it does.
+    pub help: &'static str,
+}
+
+/// Every field a route accepts, in the order the README lists them.
+pub const FIELDS: &[FieldDoc] = &[
+    FieldDoc {
+        name: "port",
+        default: "required",
+        help: "`LISTEN:TARGET` (`2222:22`), or `TARGET` alone to let the OS pick the listen port",
+    },
+    FieldDoc {
+        name: "scheme",
+        default: "tcp",
+        help: "`tcp`, `udp`, or `tcp4`/`tcp6`/`udp4`/`udp6` to force the IP family",
+    },
+    FieldDoc { name: "bind", default: "0.0.0.0 (:: for tcp6/udp6)", help: "IP address to listen on" },
+    FieldDoc {
+        name: "host",
+        default: "container address (labels), 127.0.0.1 (file)",
+        help: "target host name or IP; names are resolved at every dial",
+    },
+    FieldDoc { name: "connect_timeout", default: "5s", help: "how long dialling a target may take" },
+    FieldDoc {
+        name: "tcp_idle_timeout",
+        default: "off",
+        help: "close a TCP connection after this long without a byte either way (`off` disables)",
+    },
+    FieldDoc {
+        name: "udp_idle_timeout",
+        default: "5m",
+        help: "end a UDP session after this long without a datagram in either direction",
+    },
+    FieldDoc {
+        name: "max_connections",
+        default: "0 (unlimited)",
+        help: "TCP connections open at once; excess clients are closed at once",
+    },
+    FieldDoc {
+        name: "max_udp_sessions",
+        default: "16384",
+        help: "UDP sessions at once; at the cap the least recently used is evicted",
+    },
+    FieldDoc {
+        name: "drain_grace",
+        default: "0s",
+        help: "when the route is removed, open connections may finish for this long",
+    },
+];
+
+/// A field name or value that is wrong; the text names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field as written.
+    pub field: String,
+    /// The value as written.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}: {}", self.field, self.value, self.reason)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+fn err(field: &str, value: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_string(), value: value.to_string(), reason: reason.into() }
+}
+
+/// The closest known name to `input`, when one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(input: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let input = input.to_ascii_lowercase();
+    known
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(&input, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Whether `name` is a route field.
+pub fn is_field(name: &str) -> bool {
+    FIELDS.iter().any(|f| f.name == name)
+}
+
+/// `unknown field "prot" (did you mean "port"?)`, for providers that meet an unknown name.
+pub fn unknown_field(field: &str, value: &str) -> FieldError {
+    let mut reason = "unknown field".to_string();
+    if let Some(hint) = did_you_mean(field, FIELDS.iter().map(|f| f.name)) {
+        reason.push_str(&format!(" (did you mean {hint:?}?)"));
+    } else {
+        let names: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+        reason.push_str(&format!(" (known fields: {})", names.join(", ")));
+    }
+    err(field, value, reason)
+}
+
+/// Listen and target ports as written in `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    /// The listen port; 0 lets the OS pick.
+    pub listen: u16,
+    /// The target port.
+    pub target: u16,
+}
+
+impl PortSpec {
+    /// Parses `LISTEN:TARGET` or `TARGET`.
+    pub fn parse(value: &str) -> Result<PortSpec, FieldError> {
+        let v = value.trim();
+        let parts: Vec<&str> = v.split(':').collect();
+        let number = |s: &str, what: &str, zero_ok: bool| -> Result<u16, FieldError> {
+            let s = s.trim();
+            if s.is_empty() {
+                return Err(err("port", value, format!("the {what} port is empty; expected LISTEN:TARGET or TARGET")));
+            }
+            if !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    "port",
+                    value,
+                    format!("{s:?} is not a port number; expected LISTEN:TARGET or TARGET"),
+                ));
+            }
+            match s.parse::<u32>() {
+                Ok(n) if n <= 65535 && (zero_ok || n > 0) => Ok(n as u16),
+                _ if !zero_ok && s.parse::<u32>() == Ok(0) => {
+                    Err(err("port", value, format!("the {what} port cannot be 0")))
+                }
+                _ => Err(err("port", value, format!("{s} is not a port (1-65535)"))),
+            }
+        };
+        match parts.as_slice() {
+            [target] => Ok(PortSpec { listen: 0, target: number(target, "target", false)? }),
+            [listen, target] => {
+                Ok(PortSpec { listen: number(listen, "listen", true)?, target: number(target, "target", false)? })
+            }
+            _ => Err(err("port", value, "too many ':'; expected LISTEN:TARGET or TARGET")),
+        }
+    }
+}
+
+/// Parses a duration such as `5s`, `250ms`, `5m` or `1h30m`.
+pub fn parse_duration(field: &str, value: &str) -> Result<Duration, FieldError> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(field, value, format!("a duration needs a unit, e.g. {v}s or {v}ms")));
+    }
+    humantime::parse_duration(v).map_err(|e| err(field, value, format!("not a duration ({e}); e.g. 5s, 250ms, 5m")))
+}
+
+fn parse_u32(field: &str, value: &str) -> Result<u32, FieldError> {
+    value.trim().parse::<u32>().map_err(|_| err(field, value, "expected a whole number from 0 to 4294967295"))
+}
+
+/// One route being assembled from fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteDraft {
+    /// The route's alias.
+    pub alias: String,
+    /// `scheme`, if set.
+    pub scheme: Option<Scheme>,
+    /// `bind`, if set.
+    pub bind: Option<IpAddr>,
+    /// `host`, if set.
+    pub host: Option<String>,
+    /// `port`, if set.
+    pub port: Option<PortSpec>,
+    /// Options, defaults unless set.
+    pub options: RouteOptions,
+}
+
+impl RouteDraft {
+    /// An empty draft for `alias`.
+    pub fn new(alias: impl Into<String>) -> Self {
+        RouteDraft { alias: alias.into(), ..Default::default() }
+    }
+
+    /// Sets one field from its text, checking the value.
+    pub fn set(&mut self, field: &str, value: &str) -> Result<(), FieldError> {
+        let v = value.trim();
+        match field {
+            "port" => self.port = Some(PortSpec::parse(v)?),
+            "scheme" => {
+                let scheme = v.to_ascii_lowercase().parse::<Scheme>().map_err(|_| {
+                    let mut reason = format!("unknown scheme; expected one of {}", Scheme::NAMES.join(", "));
+                    if let Some(hint) = did_you_mean(v, Scheme::NAMES) {
+                        reason = format!("unknown scheme (did you mean {hint:?}?)");
+                    }
+                    err(field, value, reason)
+                })?;
+                self.scheme = Some(scheme);
+            }
+            "bind" => {
+                let ip = v.trim_start_matches('[').trim_end_matches(']');
+                self.bind = Some(ip.parse().map_err(|_| err(field, value, "not an IP address"))?);
+            }
+            "host" => {
+                if v.is_empty() || v.contains(char::is_whitespace) || v.contains('/') {
+                    return Err(err(field, value, "expected a host name or IP address"));
+                }
+                self.host = Some(v.trim_start_matches('[').trim_end_matches(']').to_string());
+            }
+            "connect_timeout" => {
+                let d = parse_duration(field, value)?;
+                if d.is_zero() {
+                    return Err(err(field, value, "must be more than 0"));
+                }
+                self.options.connect_timeout = d;
+            }
+            "tcp_idle_timeout" => {
+                self.options.tcp_idle_timeout = match v.to_ascii_lowercase().as_str() {
+                    "off" | "none" | "0" | "0s" => None,
+                    _ => Some(parse_duration(field, value)?),
+                }
+            }
+            "udp_idle_timeout" => {
+                let d = parse_duration(field, value)?;
+                if d.is_zero() {
+                    return Err(err(field, value, "must be more than 0"));
+                }
+                self.options.udp_idle_timeout = d;
+            }
+            "max_connections" => self.options.max_connections = parse_u32(field, value)?,
+            "max_udp_sessions" => {
+                let n = parse_u32(field, value)?;
+                if n == 0 {
+                    return Err(err(field, value, "must be at least 1"));
+                }
+                self.options.max_udp_sessions = n;
+            }
+            "drain_grace" => self.options.drain_grace = parse_duration(field, value)?,
+            _ => return Err(unknown_field(field, value)),
+        }
+        Ok(())
+    }
+
+    /// True once `port` is set: a draft without one is not a stream route.
+    pub fn has_port(&self) -> bool {
+        self.port.is_some()
+    }
+
+    /// Builds the routes this draft describes; `default_host` is used when `host` is unset.
+    pub fn build(&self, source: &str, default_host: &str) -> Result<Vec<RouteSpec>, FieldError> {
+        let port = self.port.ok_or_else(|| err("port", "", "missing; every route needs a port"))?;
+        let scheme = self.scheme.unwrap_or(Scheme { protocol: Protocol::Tcp, family: Family::Any });
+        let bind = match (self.bind, scheme.family) {
+            (Some(ip), _) => ip,
+            (None, Family::V6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            (None, _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let host = self.host.as_deref().unwrap_or(default_host);
+        let spec = RouteSpec::new(
+            self.alias.clone(),
+            scheme.protocol,
+            SocketAddr::new(bind, port.listen),
+            vec![Target::new(host, port.target)],
+        )
+        .with_source(source)
+        .with_family(scheme.family)
+        .with_options(self.options.clone());
+        spec.validate().map_err(|e| {
+            let value = self.bind.map(|b| b.to_string()).unwrap_or_default();
+            err("bind", &value, e.to_string())
+        })?;
+        Ok(vec![spec])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(pairs: &[(&str, &str)]) -> Result<RouteDraft, FieldError> {
+        let mut d = RouteDraft::new("ssh");
+        for (k, v) in pairs {
+            d.set(k, v)?;
+        }
+        Ok(d)
+    }
+
+    #[test]
+    fn port_forms() {
+        assert_eq!(PortSpec::parse("2222:22").unwrap(), PortSpec { listen: 2222, target: 22 });
+        assert_eq!(PortSpec::parse("22").unwrap(), PortSpec { listen: 0, target: 22 });
+        assert_eq!(PortSpec::parse("0:22").unwrap(), PortSpec { listen: 0, target: 22 });
+        let cases = [
+            ("22:22:22", "too many ':'"),
+            ("abc", "\"abc\" is not a port number"),
+            ("70000", "70000 is not a port (1-65535)"),
+            ("2222:0", "the target port cannot be 0"),
+            (":22", "the listen port is empty"),
+            ("-1", "is not a port number"),
+        ];
+        for (input, want) in cases {
+            let e = PortSpec::parse(input).unwrap_err().to_string();
+            assert!(e.contains(want), "{input}: {e}");
+            assert!(e.starts_with(&format!("port {input:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("connect_timeout", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("udp_idle_timeout", "5m").unwrap(), Duration::from_secs(300));
+        let e = parse_duration("connect_timeout", "30").unwrap_err().to_string();
+        assert_eq!(e, "connect_timeout \"30\": a duration needs a unit, e.g. 30s or 30ms");
+    }
+
+    #[test]
+    fn misspelt_field_and_scheme_suggest_the_right_one() {
+        let e = draft(&[("prot", "22")]).unwrap_err().to_string();
+        assert_eq!(e, "prot \"22\": unknown field (did you mean \"port\"?)");
+        let e = draft(&[("scheme", "tcpp")]).unwrap_err().to_string();
+        assert_eq!(e, "scheme \"tcpp\": unknown scheme (did you mean \"tcp\"?)");
+        let e = draft(&[("conect_timeout", "5s")]).unwrap_err().to_string();
+        assert!(e.contains("did you mean \"connect_timeout\""), "{e}");
+    }
+
+    #[test]
+    fn build_applies_defaults_and_family() {
+        let d = draft(&[("port", "2222:22")]).unwrap();
+        let spec = &d.build("file.yml", "127.0.0.1").unwrap()[0];
+        assert_eq!(spec.listen, "0.0.0.0:2222".parse().unwrap());
+        assert_eq!(spec.targets, vec![Target::new("127.0.0.1", 22)]);
+        assert_eq!(spec.protocol, Protocol::Tcp);
+        assert_eq!(spec.source, "file.yml");
+
+        let d = draft(&[("port", "53"), ("scheme", "udp6")]).unwrap();
+        let spec = &d.build("x", "db").unwrap()[0];
+        assert_eq!(spec.listen, "[::]:0".parse().unwrap());
+        assert_eq!(spec.family, Family::V6);
+
+        let d = draft(&[("port", "53:53"), ("scheme", "udp6"), ("bind", "0.0.0.0")]).unwrap();
+        let e = d.build("x", "db").unwrap_err().to_string();
+        assert!(e.contains("scheme udp6 but bind address 0.0.0.0 is IPv4"), "{e}");
+    }
+
+    #[test]
+    fn options_parse() {
+        let d = draft(&[
+            ("port", "1:2"),
+            ("connect_timeout", "2s"),
+            ("tcp_idle_timeout", "1h"),
+            ("udp_idle_timeout", "30s"),
+            ("max_connections", "10"),
+            ("max_udp_sessions", "5"),
+            ("drain_grace", "3s"),
+        ])
+        .unwrap();
+        let o = &d.options;
+        assert_eq!(o.connect_timeout, Duration::from_secs(2));
+        assert_eq!(o.tcp_idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(o.udp_idle_timeout, Duration::from_secs(30));
+        assert_eq!((o.max_connections, o.max_udp_sessions), (10, 5));
+        assert_eq!(o.drain_grace, Duration::from_secs(3));
+        assert!(draft(&[("max_udp_sessions", "0")]).is_err());
+        assert!(draft(&[("max_connections", "-1")]).is_err());
+        assert_eq!(draft(&[("tcp_idle_timeout", "off")]).unwrap().options.tcp_idle_timeout, None);
+    }
+
+    #[test]
+    fn every_documented_field_is_accepted() {
+        for f in FIELDS {
+            let mut d = RouteDraft::new("a");
+            let e = d.set(f.name, "@@");
+            if let Err(e) = e {
+                assert!(!e.reason.starts_with("unknown field"), "{} is documented but unknown", f.name);
+            }
+        }
+    }
+}
