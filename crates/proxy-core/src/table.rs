@@ -1,10 +1,10 @@
 //! The route table: `apply(desired)` diffs what providers want against what runs and
 //! touches only what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,40 +28,61 @@ pub struct ApplyReport {
     pub updated: Vec<RouteId>,
     /// Running routes left exactly as they were.
     pub unchanged: Vec<RouteId>,
-    /// Routes in the table that are not serving: invalid, failed to bind, or in conflict.
+    /// Routes in the table that are not serving (invalid, failed to bind, or in conflict), and
+    /// running routes whose update was invalid and refused (they keep their previous settings).
     pub failed: Vec<(RouteId, RouteState)>,
 }
 
 /// The running routes of one process.
 ///
 /// `apply` calls are serialised; `status` may be called at any time from any task and
-/// never waits for an apply or for traffic.
+/// never waits for traffic (only, for the length of a `bind` call, for an apply's start step).
+/// `apply` is cancel-safe: if its future is dropped, routes it already removed still stop.
 pub struct RouteTable {
+    /// Serialises `apply` and `shutdown`.
     apply_lock: tokio::sync::Mutex<()>,
+    /// Every route in the table, serving or not.
     entries: Mutex<BTreeMap<RouteId, Entry>>,
-    /// Parent of every route's connection token: cancelled by `shutdown` or drop.
-    root: CancellationToken,
+    /// Parent of every route's connection token: cancelled by `shutdown` (then replaced, so
+    /// the table can be used again) or drop.
+    root: Mutex<CancellationToken>,
     /// Trackers of removed routes whose connections are still draining.
     draining: Mutex<Vec<TaskTracker>>,
+    /// The drain-grace timers of removed routes, awaited by `shutdown`.
+    timers: TaskTracker,
+    /// Source of [`Entry::seq`].
     next_seq: std::sync::atomic::AtomicU64,
 }
 
+/// One route in the table, serving or not.
 struct Entry {
+    /// The route as it runs (a refused invalid update does not replace it).
     spec: RouteSpec,
     /// Insertion order: the older of two conflicting routes keeps the address.
     seq: u64,
+    /// When the route entered the table.
     since: SystemTime,
+    /// Its counters, kept across retries.
     stats: Arc<RouteStats>,
+    /// Listening, or why not.
     state: RouteState,
+    /// The forwarder, while listening.
     running: Option<Running>,
 }
 
+/// The handles of one serving route's forwarder.
 struct Running {
+    /// The address actually bound.
     bound: SocketAddr,
+    /// Pushes updated targets, options and hooks to the forwarder.
     live: watch::Sender<Arc<Live>>,
+    /// Ends the accept loop and drops the listener.
     stop_accepting: CancellationToken,
+    /// Closes open connections and sessions.
     close_conns: CancellationToken,
+    /// The listener task and every connection or session task.
     tracker: TaskTracker,
+    /// The listener task; it has dropped its socket when this completes.
     serve: JoinHandle<()>,
 }
 
@@ -77,15 +98,27 @@ impl RouteTable {
         RouteTable {
             apply_lock: tokio::sync::Mutex::new(()),
             entries: Mutex::new(BTreeMap::new()),
-            root: CancellationToken::new(),
+            root: Mutex::new(CancellationToken::new()),
             draining: Mutex::new(Vec::new()),
+            timers: TaskTracker::new(),
             next_seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
+    /// The entries, locked. Never held across an `.await`.
     fn entries(&self) -> MutexGuard<'_, BTreeMap<RouteId, Entry>> {
         // A panic while holding this lock would leave plain data behind; keep serving it.
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current root token.
+    fn root(&self) -> CancellationToken {
+        self.root.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The trackers of removed routes still draining, locked.
+    fn draining(&self) -> MutexGuard<'_, Vec<TaskTracker>> {
+        self.draining.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes the running routes match `desired`.
@@ -101,15 +134,18 @@ impl RouteTable {
         let _serialised = self.apply_lock.lock().await;
         let mut report = ApplyReport::default();
 
-        // Desired routes by id, first occurrence wins; later duplicates are reported.
-        let mut wanted: BTreeMap<RouteId, RouteSpec> = BTreeMap::new();
+        // Desired routes in the order given (new routes are aged in that order, so of two
+        // new routes claiming one address the one given first keeps it); first occurrence
+        // of an id wins, later duplicates are reported.
+        let mut ids: BTreeSet<RouteId> = BTreeSet::new();
+        let mut wanted: Vec<(RouteId, RouteSpec)> = Vec::with_capacity(desired.len());
         let mut duplicates = Vec::new();
         for spec in desired {
             let id = spec.id();
-            if wanted.contains_key(&id) {
-                duplicates.push(id);
+            if ids.insert(id.clone()) {
+                wanted.push((id, spec));
             } else {
-                wanted.insert(id, spec);
+                duplicates.push(id);
             }
         }
         for id in duplicates {
@@ -117,17 +153,24 @@ impl RouteTable {
         }
 
         // 1. Stop what is no longer wanted, before anything binds, so freed ports can be taken.
-        let gone: Vec<(RouteId, Entry)> = {
+        //    Every removed route is told to stop before the first await, so dropping this
+        //    future half-way cannot leave a listener that nobody will ever stop.
+        let listeners: Vec<JoinHandle<()>> = {
             let mut entries = self.entries();
-            let ids: Vec<RouteId> = entries.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
-            ids.into_iter().filter_map(|id| entries.remove(&id).map(|e| (id, e))).collect()
-        };
-        for (id, entry) in gone {
-            if let Some(running) = entry.running {
-                self.stop(&entry.spec, running).await;
+            let gone: Vec<RouteId> = entries.keys().filter(|id| !ids.contains(*id)).cloned().collect();
+            let mut listeners = Vec::new();
+            for id in gone {
+                if let Some(entry) = entries.remove(&id) {
+                    if let Some(running) = entry.running {
+                        listeners.extend(self.begin_stop(&entry.spec, running, entry.spec.options.drain_grace));
+                    }
+                    report.removed.push(id);
+                }
             }
-            report.removed.push(id);
-        }
+            listeners
+        };
+        // Returns once every removed TCP listener is closed: its port is free when apply returns.
+        futures::future::join_all(listeners).await;
 
         // 2. Update what exists; collect what must (re)start.
         let mut to_start: Vec<RouteId> = Vec::new();
@@ -140,21 +183,25 @@ impl RouteTable {
                             report.unchanged.push(id);
                             continue;
                         }
-                        entry.spec = spec;
-                        match &entry.running {
-                            Some(running) if entry.spec.validate().is_ok() => {
-                                running.live.send_replace(Arc::new(Live::from_spec(&entry.spec)));
-                                info!(protocol = %id.protocol, listen = %running.bound, alias = %id.alias, dst = ?entry.spec.targets, action = "update", "route updated in place");
+                        match (&entry.running, spec.validate()) {
+                            (Some(running), Ok(())) => {
+                                running.live.send_replace(Arc::new(Live::from_spec(&spec)));
+                                info!(protocol = %id.protocol, listen = %running.bound, alias = %id.alias, dst = %forward::dial::display_targets(&spec.targets), action = "update", "route updated in place");
+                                entry.spec = spec;
                                 report.updated.push(id);
                             }
-                            Some(_) => {
-                                // Still running on its old settings; the new ones are invalid.
-                                let message = entry.spec.validate().err().map(|e| e.to_string()).unwrap_or_default();
-                                warn!(alias = %id.alias, action = "update", error = %message, "invalid update ignored; route keeps its previous settings");
+                            (Some(running), Err(e)) => {
+                                // Still running on its old settings, which `entry.spec` keeps
+                                // showing: status must tell what actually runs.
+                                let message = e.to_string();
+                                warn!(protocol = %id.protocol, listen = %running.bound, alias = %id.alias, action = "update", error = %message, "invalid update refused; route keeps its previous settings");
                                 entry.stats.set_last_error(message.clone());
                                 report.failed.push((id, RouteState::Error { message }));
                             }
-                            None => to_start.push(id),
+                            (None, _) => {
+                                entry.spec = spec;
+                                to_start.push(id);
+                            }
                         }
                     }
                     None => {
@@ -188,7 +235,8 @@ impl RouteTable {
                                 entry.running = Some(running);
                                 entry.state = RouteState::Listening;
                             }
-                            info!(protocol = %id.protocol, listen = %bound, alias = %id.alias, source = %id.source, action = "start", "route listening");
+                            let dst = entries.get(&id).map(|e| forward::dial::display_targets(&e.spec.targets));
+                            info!(protocol = %id.protocol, listen = %bound, alias = %id.alias, source = %id.source, dst = dst.unwrap_or_default(), action = "start", "route listening");
                             report.started.push(id);
                             continue;
                         }
@@ -200,7 +248,7 @@ impl RouteTable {
                         warn!(protocol = %id.protocol, listen = %id.listen, alias = %id.alias, held_by = %with, action = "conflict", "listen address taken by another route")
                     }
                     _ => {
-                        error!(protocol = %id.protocol, listen = %id.listen, alias = %id.alias, error = ?state.message(), action = "start", "route failed to start")
+                        error!(protocol = %id.protocol, listen = %id.listen, alias = %id.alias, error = %state.message().unwrap_or_default(), action = "start", "route failed to start")
                     }
                 }
                 if let Some(entry) = entries.get_mut(&id) {
@@ -235,7 +283,7 @@ impl RouteTable {
         let bind_err = |source| RouteError::Bind { protocol: spec.protocol, addr: spec.listen, source };
         let (live, live_rx) = watch::channel(Arc::new(Live::from_spec(spec)));
         let stop_accepting = CancellationToken::new();
-        let close_conns = self.root.child_token();
+        let close_conns = self.root().child_token();
         let tracker = TaskTracker::new();
         let make_ctx = |bound| RouteCtx {
             alias: Arc::from(spec.alias.as_str()),
@@ -262,34 +310,39 @@ impl RouteTable {
         Ok(Running { bound, live, stop_accepting, close_conns, tracker, serve })
     }
 
-    /// Stops listening at once; open connections close after the drain grace.
-    async fn stop(&self, spec: &RouteSpec, running: Running) {
-        let grace = spec.options.drain_grace;
+    /// Stops a route without waiting: the listener is told to close at once, open
+    /// connections are closed at once or after `grace`. Returns the listener task to await
+    /// when the caller must know the socket is closed.
+    ///
+    /// Synchronous on purpose, so no cancelled caller can leave the route half-stopped.
+    fn begin_stop(&self, spec: &RouteSpec, running: Running, grace: Duration) -> Option<JoinHandle<()>> {
         running.stop_accepting.cancel();
+        running.tracker.close();
         if grace.is_zero() {
             running.close_conns.cancel();
-        }
-        running.tracker.close();
-        // TCP listeners close on stop_accepting; a UDP socket also carries replies to open
-        // sessions, so it lives until the connections close.
-        if spec.protocol == Protocol::Tcp || grace.is_zero() {
-            let _ = running.serve.await;
-        }
-        if !grace.is_zero() {
+        } else {
+            // The timer is not one of the route's tasks: a route whose connections have all
+            // finished is done draining without waiting out the grace.
             let close = running.close_conns.clone();
-            running.tracker.spawn(async move {
+            let tracker = running.tracker.clone();
+            self.timers.spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(grace) => close.cancel(),
                     _ = close.cancelled() => {}
+                    _ = tracker.wait() => {}
                 }
             });
         }
-        self.draining.lock().unwrap_or_else(|p| p.into_inner()).push(running.tracker);
-        info!(protocol = %spec.protocol, listen = %spec.listen, alias = %spec.alias, action = "stop", drain_grace = ?grace, "route stopped listening");
+        info!(protocol = %spec.protocol, listen = %running.bound, alias = %spec.alias, action = "stop", drain_grace = ?grace, "route stopped listening");
+        self.draining().push(running.tracker);
+        // A TCP listener closes on stop_accepting; a UDP socket also carries replies to open
+        // sessions, so it lives until the connections close.
+        (spec.protocol == Protocol::Tcp || grace.is_zero()).then_some(running.serve)
     }
 
+    /// Forgets the trackers of removed routes that have finished draining.
     fn reap_drained(&self) {
-        self.draining.lock().unwrap_or_else(|p| p.into_inner()).retain(|t| !t.is_empty());
+        self.draining().retain(|t| !t.is_empty());
     }
 
     /// A snapshot of every route in the table, in id order; never blocks traffic.
@@ -308,36 +361,47 @@ impl RouteTable {
 
     /// Stops every route: listeners close, connections close (draining routes at once),
     /// and returns when no task, socket or listener of the table remains.
+    ///
+    /// The table is empty afterwards and may be used again.
     pub async fn shutdown(&self) {
-        self.shutdown_with_grace(std::time::Duration::ZERO).await
+        self.shutdown_with_grace(Duration::ZERO).await
     }
 
     /// Like [`RouteTable::shutdown`], but lets open connections finish for up to `grace`
     /// (bounded by each route's own drain grace) before closing them.
-    pub async fn shutdown_with_grace(&self, grace: std::time::Duration) {
+    pub async fn shutdown_with_grace(&self, grace: Duration) {
         let _serialised = self.apply_lock.lock().await;
-        let running: Vec<(RouteSpec, Running)> = {
+        let listeners: Vec<JoinHandle<()>> = {
             let mut entries = self.entries();
-            std::mem::take(&mut *entries).into_values().filter_map(|e| e.running.map(|r| (e.spec, r))).collect()
+            std::mem::take(&mut *entries)
+                .into_values()
+                .filter_map(|e| {
+                    let running = e.running?;
+                    self.begin_stop(&e.spec, running, e.spec.options.drain_grace.min(grace))
+                })
+                .collect()
         };
-        for (mut spec, running) in running {
-            spec.options.drain_grace = spec.options.drain_grace.min(grace);
-            self.stop(&spec, running).await;
-        }
-        let trackers: Vec<TaskTracker> = std::mem::take(&mut *self.draining.lock().unwrap_or_else(|p| p.into_inner()));
+        futures::future::join_all(listeners).await;
+        let trackers: Vec<TaskTracker> = std::mem::take(&mut *self.draining());
         let all = futures::future::join_all(trackers.iter().map(|t| t.wait()));
         tokio::select! {
             _ = all => {}
             _ = tokio::time::sleep(grace) => {}
         }
-        self.root.cancel();
+        // Closes whatever still runs, draining routes included; a fresh root serves the
+        // routes of any later apply.
+        let root = std::mem::take(&mut *self.root.lock().unwrap_or_else(|p| p.into_inner()));
+        root.cancel();
         futures::future::join_all(trackers.iter().map(|t| t.wait())).await;
+        self.timers.close();
+        self.timers.wait().await;
+        self.timers.reopen();
     }
 }
 
 impl Drop for RouteTable {
     fn drop(&mut self) {
-        self.root.cancel();
+        self.root().cancel();
         for entry in self.entries().values() {
             if let Some(running) = &entry.running {
                 running.stop_accepting.cancel();

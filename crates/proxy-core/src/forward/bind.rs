@@ -8,8 +8,11 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::route::Family;
 
+/// Listen backlog asked of the OS (capped by `net.core.somaxconn`): a burst of clients
+/// queues instead of being refused while the accept loop catches up.
 const BACKLOG: i32 = 4096;
 
+/// A non-blocking socket of `addr`'s family, with `IPV6_V6ONLY` set from `family`.
 fn socket_for(addr: SocketAddr, family: Family, ty: Type) -> io::Result<Socket> {
     let domain = Domain::for_address(addr);
     let socket = Socket::new(domain, ty, None)?;

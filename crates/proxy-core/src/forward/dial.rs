@@ -8,6 +8,11 @@ use tokio::net::{TcpStream, UdpSocket, lookup_host};
 use crate::error::DialError;
 use crate::route::Target;
 
+/// Targets as written, for the `dst` log field: `db:5432,10.0.0.2:5432`.
+pub(crate) fn display_targets(targets: &[Target]) -> String {
+    targets.iter().map(Target::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// The addresses of a target: the literal itself, or a fresh DNS answer.
 pub(crate) async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialError> {
     if let Some(addr) = target.ip_addr() {
@@ -23,12 +28,19 @@ pub(crate) async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialErro
     Ok(addrs)
 }
 
-/// Connects to the first target (and the first of its addresses) that accepts within
-/// `timeout`; the error is the last failure seen.
+/// Connects to the first target (and the first of its addresses) that accepts; the error
+/// is the last failure seen.
+///
+/// `timeout` bounds each step on its own: resolving one target's name, and connecting to one
+/// of its addresses. A resolver that hangs therefore costs one timeout, not the client.
 pub(crate) async fn tcp(targets: &[Target], timeout: Duration) -> Result<(TcpStream, SocketAddr), DialError> {
     let mut last = None;
     for target in targets {
-        let addrs = match resolve(target).await {
+        let resolved = match tokio::time::timeout(timeout, resolve(target)).await {
+            Ok(resolved) => resolved,
+            Err(_) => Err(DialError::Timeout { target: target.clone(), timeout }),
+        };
+        let addrs = match resolved {
             Ok(addrs) => addrs,
             Err(e) => {
                 last = Some(e);
@@ -47,7 +59,6 @@ pub(crate) async fn tcp(targets: &[Target], timeout: Duration) -> Result<(TcpStr
 }
 
 /// A UDP socket connected to the first target that resolves.
-#[allow(dead_code)] // used by the UDP forwarder
 pub(crate) async fn udp(targets: &[Target]) -> Result<(UdpSocket, SocketAddr), DialError> {
     let mut last = None;
     for target in targets {
@@ -68,6 +79,7 @@ pub(crate) async fn udp(targets: &[Target]) -> Result<(UdpSocket, SocketAddr), D
     Err(last.unwrap_or_else(|| DialError::Refused("route has no target".into())))
 }
 
+/// An unconnected-then-connected UDP socket of `addr`'s family on an OS-picked port.
 async fn udp_connect(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::{Live, RouteCtx, dial};
 use crate::hooks::Direction;
@@ -18,8 +18,9 @@ use crate::stats::RouteStats;
 /// Size of the buffer a direction borrows while bytes are ready; released when the
 /// socket has nothing more to read, so an idle connection holds none.
 const COPY_BUF: usize = 32 * 1024;
-/// First and longest pause after an accept error such as EMFILE.
+/// First pause after an accept error such as EMFILE; doubled at each error in a row.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between accept attempts while errors persist.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Runs the accept loop until the route is removed; the listener is dropped on return.
@@ -42,8 +43,13 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
                     drop(client);
                     continue;
                 }
+                // Counted here, not in the task, so a burst of accepts cannot overshoot
+                // max_connections before the spawned tasks get to run.
+                RouteStats::add(&ctx.stats.total, 1);
+                RouteStats::add(&ctx.stats.active, 1);
+                let active = ActiveGuard(ctx.stats.clone());
                 let conn_ctx = ctx.clone();
-                ctx.tracker.spawn(async move { connection(client, peer, live, conn_ctx).await });
+                ctx.tracker.spawn(async move { connection(client, peer, live, conn_ctx, active).await });
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, "client gone before accept");
@@ -62,12 +68,24 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
     drop(listener);
 }
 
-/// Errors that concern one would-be connection, not the listener.
+/// Errors that concern one would-be connection, not the listener: Linux hands a pending
+/// connection's network error to `accept` (see accept(2)); retry at once, without backoff.
 fn is_per_connection(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted
+            | ConnectionReset
+            | Interrupted
+            | TimedOut
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+    )
 }
 
-/// Keeps `active` right however the connection ends.
+/// One unit of `active`, given back however the connection ends (even if its task is
+/// dropped before it first runs).
 struct ActiveGuard(Arc<RouteStats>);
 
 impl Drop for ActiveGuard {
@@ -76,10 +94,9 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: RouteCtx) {
-    RouteStats::add(&ctx.stats.total, 1);
-    RouteStats::add(&ctx.stats.active, 1);
-    let _active = ActiveGuard(ctx.stats.clone());
+/// One client: pre-dial hook, dial, then copy both ways until both sides are done, the
+/// route closes its connections, or the idle timeout fires.
+async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: RouteCtx, _active: ActiveGuard) {
     let info = ctx.conn_info(peer);
     if let Some(hook) = &live.hooks.pre_dial
         && let Err(reason) = hook.pre_dial(&info)
@@ -97,7 +114,9 @@ async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: R
         Err(e) => {
             RouteStats::add(&ctx.stats.dial_errors, 1);
             ctx.stats.set_last_error(e.to_string());
-            warn!(protocol = "tcp", listen = %ctx.listen, %peer, action = "dial_error", error = %e, "no target answered");
+            // DEBUG like every per-connection event: a dead target must not turn each client
+            // into a WARN line. The error is in the route's stats (dial_errors, last_error).
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %dial::display_targets(&live.targets), action = "dial_error", error = %e, "no target answered");
             return;
         }
     };
@@ -108,7 +127,10 @@ async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: R
     let started = Instant::now();
     let last_activity = AtomicU64::new(0);
     let pipe = Pipe { ctx: &ctx, live: &live, peer, started, last_activity: &last_activity };
-    // Either direction failing (a reset) ends both; a clean FIN only ends its own.
+    // Either direction failing (a reset) ends both; a clean FIN only ends its own. Both
+    // sockets are then closed normally, not with RST: bytes already handed to the kernel
+    // for the surviving peer are still delivered (a server that replies and then resets,
+    // as Linux does when it closes with unread input, must not lose its reply).
     let both = async {
         tokio::try_join!(
             pipe.copy(&client, &upstream, Direction::ClientToTarget),
@@ -144,11 +166,17 @@ async fn idle(live: &Live, started: Instant, last_activity: &AtomicU64) {
     }
 }
 
+/// What both copy directions of one connection share.
 struct Pipe<'a> {
+    /// The route: counters, hook view, tokens.
     ctx: &'a RouteCtx,
+    /// The settings this connection started with (its on-read hook).
     live: &'a Live,
+    /// The client's address, for the hook.
     peer: SocketAddr,
+    /// When copying began; `last_activity` counts from here.
     started: Instant,
+    /// Milliseconds from `started` to the last byte forwarded either way.
     last_activity: &'a AtomicU64,
 }
 
@@ -178,6 +206,11 @@ impl Pipe<'_> {
                         write_all(to, &buf[..n]).await?;
                         RouteStats::add(counter, n as u64);
                         self.touch();
+                        // readable()/writable() do not spend the task's budget: without this a
+                        // busy direction could hold the worker (and starve its sibling
+                        // direction, the idle timer and route removal) for as long as
+                        // bytes keep coming.
+                        tokio::task::coop::consume_budget().await;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
@@ -186,11 +219,13 @@ impl Pipe<'_> {
         }
     }
 
+    /// Records activity for the idle timeout.
     fn touch(&self) {
         self.last_activity.store(self.started.elapsed().as_millis() as u64, Relaxed);
     }
 }
 
+/// Writes all of `data`, waiting for the socket to drain as needed.
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         to.writable().await?;
