@@ -7,6 +7,8 @@
 
 pub(crate) mod bind;
 pub(crate) mod dial;
+#[cfg(target_os = "linux")]
+pub(crate) mod splice;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 

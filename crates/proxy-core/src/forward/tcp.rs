@@ -183,11 +183,27 @@ struct Pipe<'a> {
 impl Pipe<'_> {
     /// Copies `from` → `to` until `from` sends FIN, then shuts down writing on `to` (the
     /// half-close is forwarded; the other direction keeps flowing).
+    ///
+    /// On Linux the bytes go through splice(2) and never enter user space, unless an
+    /// on-read hook must see them or the kernel refuses splice; then a buffered copy runs.
     async fn copy(&self, from: &TcpStream, to: &TcpStream, direction: Direction) -> io::Result<()> {
         let counter = match direction {
             Direction::ClientToTarget => &self.ctx.stats.bytes_in,
             Direction::TargetToClient => &self.ctx.stats.bytes_out,
         };
+        #[cfg(target_os = "linux")]
+        if self.live.hooks.on_read.is_none() && super::splice::enabled() {
+            let spliced = super::splice::copy(from, to, |n| {
+                RouteStats::add(counter, n as u64);
+                self.touch();
+            })
+            .await?;
+            if spliced == super::splice::Spliced::Eof {
+                let _ = SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            // Refused before any byte moved: fall through to the buffered copy.
+        }
         loop {
             from.readable().await?;
             // Borrowed only while bytes are ready: an idle connection holds no buffer.
