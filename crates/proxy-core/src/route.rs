@@ -185,6 +185,8 @@ impl RouteOptions {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default for [`RouteOptions::udp_idle_timeout`].
     pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// The longest duration any option accepts, so no deadline can overflow a clock.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Default for [`RouteOptions::max_udp_sessions`].
     pub const DEFAULT_MAX_UDP_SESSIONS: u32 = 16384;
 }
@@ -323,6 +325,17 @@ impl RouteSpec {
         }
         if self.options.tcp_idle_timeout.is_some_and(|d| d.is_zero()) {
             return Err(invalid("tcp_idle_timeout must be more than 0 (leave it out to disable it)".into()));
+        }
+        let durations = [
+            ("connect_timeout", Some(self.options.connect_timeout)),
+            ("tcp_idle_timeout", self.options.tcp_idle_timeout),
+            ("udp_idle_timeout", Some(self.options.udp_idle_timeout)),
+            ("drain_grace", Some(self.options.drain_grace)),
+        ];
+        for (name, d) in durations {
+            if d.is_some_and(|d| d > RouteOptions::MAX_DURATION) {
+                return Err(invalid(format!("{name} must be at most 365 days")));
+            }
         }
         if self.options.max_udp_sessions == 0 {
             return Err(invalid("max_udp_sessions must be at least 1".into()));

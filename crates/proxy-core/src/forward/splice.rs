@@ -111,13 +111,13 @@ pub(crate) async fn copy(from: &TcpStream, to: &TcpStream, mut on_bytes: impl Fn
         let mut in_pipe = 0usize;
         let result = async {
             loop {
-                let n = match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK))
-                {
-                    Ok(0) => return Ok(true),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
-                };
+                let n =
+                    match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
+                        Ok(0) => return Ok(true),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) => return Err(e),
+                    };
                 in_pipe += n;
                 moved_any = true;
                 while in_pipe > 0 {
