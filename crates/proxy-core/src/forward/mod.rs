@@ -7,6 +7,7 @@
 
 pub(crate) mod bind;
 pub(crate) mod dial;
+pub(crate) mod mmsg;
 #[cfg(target_os = "linux")]
 pub(crate) mod splice;
 pub(crate) mod tcp;

@@ -73,14 +73,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, trace, warn};
 
+use super::mmsg::{self, RecvBatch};
 use super::{Live, RouteCtx, dial};
 use crate::error::DialError;
 use crate::hooks::Direction;
 use crate::stats::RouteStats;
 
-/// Size of every receive buffer. The largest UDP payload is 65,507 bytes over IPv4 and
-/// 65,527 over IPv6 (without jumbograms), so any datagram arrives whole.
-pub(crate) const RECV_BUF: usize = 65_536;
 /// Datagrams a client may have waiting while its session's target is being resolved.
 pub(crate) const PENDING_MAX_DATAGRAMS: usize = 8;
 /// Bytes all of a route's dialling sessions may have waiting at once.
@@ -98,9 +96,9 @@ const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LRU_SLACK: usize = 1024;
 
 thread_local! {
-    /// The relays' receive buffer: one per worker thread rather than 64 KiB per session,
+    /// The relays' receive batch: one per worker thread rather than buffers per session,
     /// borrowed only between two await points.
-    static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; RECV_BUF]);
+    static REPLY_BATCH: RefCell<RecvBatch> = RefCell::new(RecvBatch::new());
 }
 
 /// Serves datagrams until `ctx.close_conns` is cancelled; see the module doc.
@@ -116,7 +114,8 @@ pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
         events: events_tx,
         tasks: TaskTracker::new(),
     });
-    let mut buf = vec![0u8; RECV_BUF];
+    // Up to mmsg::BATCH datagrams per recvmmsg call, in buffers reused for the route's life.
+    let mut batch = RecvBatch::new();
     let mut backoff = RECV_BACKOFF_MIN;
     let mut draining = false;
     loop {
@@ -132,14 +131,19 @@ pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
                 continue;
             }
             Some(event) = events.recv() => Step::Event(event),
-            received = socket.recv_from(&mut buf) => Step::Received(received),
+            ready = socket.readable() => Step::Received(ready.and_then(|()| batch.try_recv(&socket))),
         };
         match step {
             Step::Event(event) => sessions.on_event(event).await,
-            Step::Received(Ok((n, peer))) => {
+            Step::Received(Ok(n)) => {
                 backoff = RECV_BACKOFF_MIN;
-                sessions.on_datagram(&buf[..n], peer).await;
+                for i in 0..n {
+                    if let Some(peer) = batch.peer(i) {
+                        sessions.on_datagram(batch.data(i), peer).await;
+                    }
+                }
             }
+            Step::Received(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             Step::Received(Err(e)) if is_transient(&e) => {
                 trace!(protocol = "udp", listen = %ctx.listen, action = "recv", error = %e, "transient receive error");
             }
@@ -164,8 +168,8 @@ pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
 enum Step {
     /// A session task reported something.
     Event(Event),
-    /// The listening socket returned a datagram (its length and sender) or an error.
-    Received(io::Result<(usize, SocketAddr)>),
+    /// The listening socket returned a batch of datagrams (how many) or an error.
+    Received(io::Result<usize>),
 }
 
 /// Errors of the listening socket that concern one datagram, not the socket.
@@ -688,14 +692,14 @@ struct Relay {
     events: mpsc::UnboundedSender<Event>,
 }
 
-/// What became of one reply.
+/// What became of one batch of replies.
 enum Relayed {
     /// Sent to the client, or dropped and counted.
     Done,
     /// Nothing more to read now.
     Empty,
-    /// The listening socket's send buffer is full: the reply, copied out to wait for it.
-    Blocked(Vec<u8>),
+    /// The listening socket's send buffer is full: the replies not sent, copied out to wait.
+    Blocked(Vec<Vec<u8>>),
     /// Reading the upstream socket failed.
     Failed(io::Error),
 }
@@ -759,18 +763,20 @@ impl Relay {
         }
     }
 
-    /// Forwards up to [`RELAY_BURST`] waiting replies to the client.
+    /// Forwards up to [`RELAY_BURST`] waiting replies to the client, a batch per syscall pair.
     async fn drain(&self) -> io::Result<()> {
-        for _ in 0..RELAY_BURST {
-            match REPLY_BUF.with_borrow_mut(|buf| self.relay_one(buf)) {
+        for _ in 0..RELAY_BURST.div_ceil(mmsg::BATCH) {
+            match REPLY_BATCH.with_borrow_mut(|batch| self.relay_batch(batch)) {
                 Relayed::Done => {}
                 Relayed::Empty => return Ok(()),
-                Relayed::Blocked(reply) => {
-                    let sent = tokio::select! {
-                        _ = self.cancel.cancelled() => return Ok(()),
-                        sent = self.listener.send_to(&reply, self.peer) => sent,
-                    };
-                    self.count_sent(sent, reply.len());
+                Relayed::Blocked(replies) => {
+                    for reply in replies {
+                        let sent = tokio::select! {
+                            _ = self.cancel.cancelled() => return Ok(()),
+                            sent = self.listener.send_to(&reply, self.peer) => sent,
+                        };
+                        self.count_sent(sent, reply.len());
+                    }
                 }
                 Relayed::Failed(e) if is_icmp_report(&e) => {
                     // The target's port is closed (for now): the report is consumed, the session stays.
@@ -782,26 +788,41 @@ impl Relay {
         Ok(())
     }
 
-    /// Reads one reply into `buf` and sends it to the client without waiting.
-    fn relay_one(&self, buf: &mut [u8]) -> Relayed {
-        let n = match self.upstream.try_recv(buf) {
+    /// Reads a batch of replies (recvmmsg) and sends them to the client without waiting
+    /// (sendmmsg).
+    fn relay_batch(&self, batch: &mut RecvBatch) -> Relayed {
+        let n = match batch.try_recv(&self.upstream) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::Empty,
             Err(e) => return Relayed::Failed(e),
         };
         // The session's own relay is the only one that closes it, so this cannot fail here.
         self.activity.touch(self.clock.now());
-        let reply = &buf[..n];
         if let Some(hook) = &self.live.hooks.on_read {
-            hook.on_read(&self.ctx.conn_info(self.peer), Direction::TargetToClient, reply);
-        }
-        match self.listener.try_send_to(reply, self.peer) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Relayed::Blocked(reply.to_vec()),
-            sent => {
-                self.count_sent(sent, n);
-                Relayed::Done
+            for i in 0..n {
+                hook.on_read(&self.ctx.conn_info(self.peer), Direction::TargetToClient, batch.data(i));
             }
         }
+        let mut next = 0;
+        while next < n {
+            match mmsg::try_send(&self.listener, batch, next..n, Some(self.peer)) {
+                Ok(sent) => {
+                    for i in next..next + sent {
+                        self.count_sent(Ok(batch.data(i).len()), batch.data(i).len());
+                    }
+                    next += sent.max(1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Relayed::Blocked((next..n).map(|i| batch.data(i).to_vec()).collect());
+                }
+                Err(e) => {
+                    // The first unsent datagram failed (e.g. too large for the path): drop it, go on.
+                    self.count_sent(Err(e), batch.data(next).len());
+                    next += 1;
+                }
+            }
+        }
+        Relayed::Done
     }
 
     /// Counts a reply sent to the client, or dropped.
