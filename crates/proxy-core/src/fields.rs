@@ -9,6 +9,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use ipnet::IpNet;
+
+use crate::acl;
+use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 use crate::route::{Family, Protocol, RouteOptions, RouteSpec, Scheme, Target};
 
 /// The documentation of one field.
@@ -65,6 +69,46 @@ pub const FIELDS: &[FieldDoc] = &[
         name: "drain_grace",
         default: "0s",
         help: "when the route is removed, open connections may finish for this long",
+    },
+    FieldDoc {
+        name: "allow",
+        default: "everyone",
+        help: "IPs and CIDR networks let in, comma- or space-separated (`10.0.0.0/8, 192.168.1.7`); \
+               once set, every other client is refused; `deny` wins over it",
+    },
+    FieldDoc {
+        name: "deny",
+        default: "nobody",
+        help: "IPs and CIDR networks refused whatever `allow` says; IPv4-mapped IPv6 clients are matched as IPv4. \
+               A refused TCP client is closed before anything is dialled; a refused UDP datagram is dropped",
+    },
+    FieldDoc {
+        name: "proxy_protocol",
+        default: "off",
+        help: "send a PROXY protocol header to the target: `v1` or `v2` (TCP, once after connecting); \
+               UDP routes take `v2`, sent in front of every datagram (replies are expected without header)",
+    },
+    FieldDoc {
+        name: "relay_proxy_protocol_header",
+        default: "false",
+        help: "GoDoxy's name for it: `true` is `proxy_protocol: v2`",
+    },
+    FieldDoc {
+        name: "accept_proxy_protocol",
+        default: "off",
+        help: "read a PROXY header (v1 or v2) from `trusted` peers, TCP only: `required` closes a connection \
+               without a valid one (and every untrusted peer), `optional` treats anything else as data",
+    },
+    FieldDoc {
+        name: "trusted",
+        default: "none",
+        help: "IPs and CIDR networks of the proxies whose PROXY header is believed; required with \
+               `accept_proxy_protocol`. The client it names is what the ACL, logs and any header sent on use",
+    },
+    FieldDoc {
+        name: "proxy_protocol_timeout",
+        default: "5s",
+        help: "how long a trusted peer has to send its whole PROXY header",
     },
 ];
 
@@ -176,6 +220,45 @@ fn parse_u32(field: &str, value: &str) -> Result<u32, FieldError> {
     value.trim().parse::<u32>().map_err(|_| err(field, value, "expected a whole number from 0 to 4294967295"))
 }
 
+/// Parses a list of IPs and CIDR networks (`allow`, `deny`, `trusted`).
+fn parse_net_list(field: &str, value: &str) -> Result<Vec<IpNet>, FieldError> {
+    acl::parse_nets(value).map_err(|e| err(field, value, e.to_string()))
+}
+
+/// Parses `true`/`false` and their usual spellings.
+fn parse_bool(field: &str, value: &str) -> Result<bool, FieldError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(err(field, value, "expected true or false")),
+    }
+}
+
+/// Whether a value turns an optional feature off.
+fn is_off(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "off" | "none" | "false" | "no")
+}
+
+/// The value of option `field` as a user would write it, for errors found after parsing.
+fn option_text(options: &RouteOptions, field: &str) -> String {
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    match field {
+        "allow" => acl::display_nets(&options.allow),
+        "deny" => acl::display_nets(&options.deny),
+        "trusted" => acl::display_nets(&options.trusted),
+        "proxy_protocol" => options.proxy_protocol.map_or("off", |v| v.as_str()).to_string(),
+        "accept_proxy_protocol" => options.accept_proxy_protocol.map_or("off", |a| a.as_str()).to_string(),
+        "connect_timeout" => duration(options.connect_timeout),
+        "tcp_idle_timeout" => options.tcp_idle_timeout.map_or_else(|| "off".to_string(), duration),
+        "udp_idle_timeout" => duration(options.udp_idle_timeout),
+        "drain_grace" => duration(options.drain_grace),
+        "proxy_protocol_timeout" => duration(options.proxy_protocol_timeout),
+        "max_connections" => options.max_connections.to_string(),
+        "max_udp_sessions" => options.max_udp_sessions.to_string(),
+        _ => String::new(),
+    }
+}
+
 /// One route being assembled from fields.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteDraft {
@@ -191,6 +274,9 @@ pub struct RouteDraft {
     pub port: Option<PortSpec>,
     /// Options, defaults unless set.
     pub options: RouteOptions,
+    /// GoDoxy's `relay_proxy_protocol_header`, if set; resolved against `proxy_protocol` by
+    /// [`RouteDraft::build`], so the order fields are set in does not matter.
+    pub relay_proxy_protocol_header: Option<bool>,
 }
 
 impl RouteDraft {
@@ -253,6 +339,31 @@ impl RouteDraft {
                 self.options.max_udp_sessions = n;
             }
             "drain_grace" => self.options.drain_grace = parse_duration(field, value)?,
+            "allow" => self.options.allow = parse_net_list(field, value)?,
+            "deny" => self.options.deny = parse_net_list(field, value)?,
+            "trusted" => self.options.trusted = parse_net_list(field, value)?,
+            "proxy_protocol" => {
+                self.options.proxy_protocol = if is_off(v) {
+                    None
+                } else {
+                    Some(v.parse::<ProxyVersion>().map_err(|reason| err(field, value, reason))?)
+                }
+            }
+            "relay_proxy_protocol_header" => self.relay_proxy_protocol_header = Some(parse_bool(field, value)?),
+            "accept_proxy_protocol" => {
+                self.options.accept_proxy_protocol = if is_off(v) {
+                    None
+                } else {
+                    Some(v.parse::<AcceptProxy>().map_err(|reason| err(field, value, reason))?)
+                }
+            }
+            "proxy_protocol_timeout" => {
+                let d = parse_duration(field, value)?;
+                if d.is_zero() {
+                    return Err(err(field, value, "must be more than 0"));
+                }
+                self.options.proxy_protocol_timeout = d;
+            }
             _ => return Err(unknown_field(field, value)),
         }
         Ok(())
@@ -273,6 +384,18 @@ impl RouteDraft {
             (None, _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
         let host = self.host.as_deref().unwrap_or(default_host);
+        let mut options = self.options.clone();
+        if self.relay_proxy_protocol_header == Some(true) {
+            if options.proxy_protocol == Some(ProxyVersion::V1) {
+                return Err(err(
+                    "relay_proxy_protocol_header",
+                    "true",
+                    "means proxy_protocol v2, but proxy_protocol is v1; keep one of them",
+                ));
+            }
+            options.proxy_protocol = Some(ProxyVersion::V2);
+        }
+        options.check(scheme.protocol).map_err(|e| err(e.field, &option_text(&options, e.field), e.reason))?;
         let spec = RouteSpec::new(
             self.alias.clone(),
             scheme.protocol,
@@ -281,7 +404,7 @@ impl RouteDraft {
         )
         .with_source(source)
         .with_family(scheme.family)
-        .with_options(self.options.clone());
+        .with_options(options);
         spec.validate().map_err(|e| {
             let value = self.bind.map(|b| b.to_string()).unwrap_or_default();
             err("bind", &value, e.to_string())
@@ -380,6 +503,73 @@ mod tests {
         assert!(draft(&[("max_udp_sessions", "0")]).is_err());
         assert!(draft(&[("max_connections", "-1")]).is_err());
         assert_eq!(draft(&[("tcp_idle_timeout", "off")]).unwrap().options.tcp_idle_timeout, None);
+    }
+
+    #[test]
+    fn acl_lists_parse_and_bad_entries_are_named() {
+        let d =
+            draft(&[("port", "1:2"), ("allow", "10.0.0.0/8, 192.168.1.7"), ("deny", "10.0.0.66 fd00::/8")]).unwrap();
+        let nets = |s: &[&str]| s.iter().map(|n| n.parse::<IpNet>().unwrap()).collect::<Vec<_>>();
+        assert_eq!(d.options.allow, nets(&["10.0.0.0/8", "192.168.1.7/32"]));
+        assert_eq!(d.options.deny, nets(&["10.0.0.66/32", "fd00::/8"]));
+        let e = draft(&[("deny", "10.0.0.1, 10.0.0.300")]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "deny \"10.0.0.1, 10.0.0.300\": \"10.0.0.300\" is not an IP address or CIDR network \
+             (e.g. 10.0.0.0/8, 192.168.1.7, fd00::/8)"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_fields_and_the_godoxy_alias() {
+        let build =
+            |pairs: &[(&str, &str)]| draft(pairs).and_then(|d| d.build("x", "db")).map(|s| s[0].options.clone());
+        let o = build(&[("port", "1:2"), ("proxy_protocol", "V1")]).unwrap();
+        assert_eq!(o.proxy_protocol, Some(ProxyVersion::V1));
+        let o = build(&[("port", "1:2"), ("relay_proxy_protocol_header", "true")]).unwrap();
+        assert_eq!(o.proxy_protocol, Some(ProxyVersion::V2));
+        let o = build(&[("port", "1:2"), ("relay_proxy_protocol_header", "false")]).unwrap();
+        assert_eq!(o.proxy_protocol, None);
+        // The alias and the field agree whatever order labels come in; a clash is an error.
+        let o = build(&[("relay_proxy_protocol_header", "true"), ("port", "1:2"), ("proxy_protocol", "v2")]).unwrap();
+        assert_eq!(o.proxy_protocol, Some(ProxyVersion::V2));
+        let e = build(&[("port", "1:2"), ("proxy_protocol", "v1"), ("relay_proxy_protocol_header", "yes")]);
+        assert!(
+            e.unwrap_err().to_string().starts_with("relay_proxy_protocol_header \"true\": means proxy_protocol v2")
+        );
+        assert!(draft(&[("proxy_protocol", "v3")]).unwrap_err().to_string().contains("expected v1 or v2"));
+        assert!(draft(&[("relay_proxy_protocol_header", "maybe")]).is_err());
+
+        let o = build(&[
+            ("port", "1:2"),
+            ("accept_proxy_protocol", "optional"),
+            ("trusted", "10.0.0.1"),
+            ("proxy_protocol_timeout", "250ms"),
+        ])
+        .unwrap();
+        assert_eq!(o.accept_proxy_protocol, Some(AcceptProxy::Optional));
+        assert_eq!(o.proxy_protocol_timeout, Duration::from_millis(250));
+        assert!(draft(&[("accept_proxy_protocol", "sometimes")]).is_err());
+        assert!(draft(&[("proxy_protocol_timeout", "0s")]).is_err());
+        assert_eq!(draft(&[("accept_proxy_protocol", "off")]).unwrap().options.accept_proxy_protocol, None);
+    }
+
+    #[test]
+    fn proxy_protocol_combinations_are_checked_with_the_field_at_fault() {
+        let build = |pairs: &[(&str, &str)]| draft(pairs).unwrap().build("x", "db").unwrap_err().to_string();
+        let e = build(&[("port", "1:2"), ("accept_proxy_protocol", "required")]);
+        assert!(e.starts_with("trusted \"\": accept_proxy_protocol needs trusted"), "{e}");
+        let e = build(&[("port", "1:2"), ("trusted", "10.0.0.0/8")]);
+        assert!(e.starts_with("trusted \"10.0.0.0/8\": trusted is only used with accept_proxy_protocol"), "{e}");
+        let e = build(&[("port", "1:2"), ("scheme", "udp"), ("accept_proxy_protocol", "required"), ("trusted", "::1")]);
+        assert!(
+            e.starts_with("accept_proxy_protocol \"required\": accept_proxy_protocol is for TCP routes only"),
+            "{e}"
+        );
+        let e = build(&[("port", "1:2"), ("scheme", "udp"), ("proxy_protocol", "v1")]);
+        assert!(e.starts_with("proxy_protocol \"v1\": proxy_protocol v1 is a text header for TCP streams"), "{e}");
+        let ok = draft(&[("port", "1:2"), ("scheme", "udp"), ("proxy_protocol", "v2")]).unwrap().build("x", "db");
+        assert!(ok.is_ok());
     }
 
     #[test]

@@ -18,16 +18,21 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod acl;
 mod error;
 pub mod fields;
 mod forward;
 mod hooks;
+pub mod proxy_protocol;
 mod route;
 mod stats;
 mod table;
 
+pub use acl::Acl;
 pub use error::{DialError, RouteError};
 pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
-pub use route::{Family, Protocol, RouteId, RouteOptions, RouteSpec, Scheme, Target};
+pub use ipnet::IpNet;
+pub use proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
+pub use route::{Family, OptionError, Protocol, RouteId, RouteOptions, RouteSpec, Scheme, Target};
 pub use stats::{RouteState, RouteStats, RouteStatus, StatsSnapshot};
 pub use table::{ApplyReport, RouteTable};

@@ -9,10 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RouteError;
 use crate::hooks::Hooks;
+use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 
 /// The transport a route forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -178,6 +180,20 @@ pub struct RouteOptions {
     /// When the route is removed, open connections may finish for this long before they are
     /// closed. Default 0: closed at once.
     pub drain_grace: Duration,
+    /// Clients admitted: when not empty, only addresses in these networks (after `deny`).
+    /// Default empty: everyone not denied. See [`Acl`](crate::Acl) for the rules.
+    pub allow: Vec<IpNet>,
+    /// Clients refused, whatever `allow` says. Default empty.
+    pub deny: Vec<IpNet>,
+    /// Send a PROXY protocol header of this version to the target (TCP: once after
+    /// connecting; UDP: v2 in front of every datagram). Default `None`: no header.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Read a PROXY protocol header from clients in `trusted` (TCP only). Default `None`.
+    pub accept_proxy_protocol: Option<AcceptProxy>,
+    /// The proxies allowed to send a PROXY header; required with `accept_proxy_protocol`.
+    pub trusted: Vec<IpNet>,
+    /// How long a trusted peer has to send its whole PROXY header. Default 5 s.
+    pub proxy_protocol_timeout: Duration,
 }
 
 impl RouteOptions {
@@ -189,7 +205,85 @@ impl RouteOptions {
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Default for [`RouteOptions::max_udp_sessions`].
     pub const DEFAULT_MAX_UDP_SESSIONS: u32 = 16384;
+    /// Default for [`RouteOptions::proxy_protocol_timeout`].
+    pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = crate::proxy_protocol::DEFAULT_TIMEOUT;
+
+    /// Checks the options of a route of `protocol`, naming the field at fault.
+    ///
+    /// [`RouteSpec::validate`] reports the same problems, prefixed with the route's name.
+    pub fn check(&self, protocol: Protocol) -> Result<(), OptionError> {
+        let fail = |field: &'static str, reason: &str| Err(OptionError { field, reason: reason.to_string() });
+        if self.connect_timeout.is_zero() {
+            return fail("connect_timeout", "connect_timeout must be more than 0");
+        }
+        if self.udp_idle_timeout.is_zero() {
+            return fail("udp_idle_timeout", "udp_idle_timeout must be more than 0");
+        }
+        if self.tcp_idle_timeout.is_some_and(|d| d.is_zero()) {
+            return fail("tcp_idle_timeout", "tcp_idle_timeout must be more than 0 (leave it out to disable it)");
+        }
+        if self.proxy_protocol_timeout.is_zero() {
+            return fail("proxy_protocol_timeout", "proxy_protocol_timeout must be more than 0");
+        }
+        let durations = [
+            ("connect_timeout", Some(self.connect_timeout)),
+            ("tcp_idle_timeout", self.tcp_idle_timeout),
+            ("udp_idle_timeout", Some(self.udp_idle_timeout)),
+            ("drain_grace", Some(self.drain_grace)),
+            ("proxy_protocol_timeout", Some(self.proxy_protocol_timeout)),
+        ];
+        for (name, d) in durations {
+            if d.is_some_and(|d| d > RouteOptions::MAX_DURATION) {
+                return Err(OptionError { field: name, reason: format!("{name} must be at most 365 days") });
+            }
+        }
+        if self.max_udp_sessions == 0 {
+            return fail("max_udp_sessions", "max_udp_sessions must be at least 1");
+        }
+        if protocol == Protocol::Udp && self.proxy_protocol == Some(ProxyVersion::V1) {
+            return fail(
+                "proxy_protocol",
+                "proxy_protocol v1 is a text header for TCP streams; UDP routes send v2 (in front of every datagram)",
+            );
+        }
+        match (self.accept_proxy_protocol, self.trusted.is_empty()) {
+            (Some(_), _) if protocol == Protocol::Udp => {
+                return fail(
+                    "accept_proxy_protocol",
+                    "accept_proxy_protocol is for TCP routes only: a UDP route cannot tell a header from a datagram's data",
+                );
+            }
+            (Some(_), true) => {
+                return fail(
+                    "trusted",
+                    "accept_proxy_protocol needs trusted: the addresses or networks (CIDR) of the proxies allowed to send a PROXY header",
+                );
+            }
+            (None, false) => {
+                return fail("trusted", "trusted is only used with accept_proxy_protocol; set that or remove trusted");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
+
+/// An option that is wrong; see [`RouteOptions::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    /// The field at fault, as labels and the routes file name it.
+    pub field: &'static str,
+    /// What is wrong, in words (it names the field too).
+    pub reason: String,
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for OptionError {}
 
 impl Default for RouteOptions {
     fn default() -> Self {
@@ -200,6 +294,12 @@ impl Default for RouteOptions {
             max_connections: 0,
             max_udp_sessions: Self::DEFAULT_MAX_UDP_SESSIONS,
             drain_grace: Duration::ZERO,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
+            trusted: Vec::new(),
+            proxy_protocol_timeout: Self::DEFAULT_PROXY_PROTOCOL_TIMEOUT,
         }
     }
 }
@@ -317,29 +417,7 @@ impl RouteSpec {
                 return Err(invalid(format!("target {t} has an empty host")));
             }
         }
-        if self.options.connect_timeout.is_zero() {
-            return Err(invalid("connect_timeout must be more than 0".into()));
-        }
-        if self.options.udp_idle_timeout.is_zero() {
-            return Err(invalid("udp_idle_timeout must be more than 0".into()));
-        }
-        if self.options.tcp_idle_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(invalid("tcp_idle_timeout must be more than 0 (leave it out to disable it)".into()));
-        }
-        let durations = [
-            ("connect_timeout", Some(self.options.connect_timeout)),
-            ("tcp_idle_timeout", self.options.tcp_idle_timeout),
-            ("udp_idle_timeout", Some(self.options.udp_idle_timeout)),
-            ("drain_grace", Some(self.options.drain_grace)),
-        ];
-        for (name, d) in durations {
-            if d.is_some_and(|d| d > RouteOptions::MAX_DURATION) {
-                return Err(invalid(format!("{name} must be at most 365 days")));
-            }
-        }
-        if self.options.max_udp_sessions == 0 {
-            return Err(invalid("max_udp_sessions must be at least 1".into()));
-        }
+        self.options.check(self.protocol).map_err(|e| invalid(e.reason))?;
         Ok(())
     }
 }
@@ -392,6 +470,26 @@ mod tests {
         for bad in ["", "db", "db:", ":22", "db:0", "db:70000", "[::1]22", "a b:1"] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn an_acl_change_is_a_change_of_the_spec() {
+        let spec = RouteSpec::new("ssh", Protocol::Tcp, "127.0.0.1:0".parse().unwrap(), vec![Target::new("h", 22)]);
+        let mut options = RouteOptions::default();
+        options.deny.push("10.0.0.0/8".parse().unwrap());
+        let denied = spec.clone().with_options(options);
+        assert_eq!(spec.id(), denied.id(), "same route");
+        assert_ne!(spec, denied, "so apply updates it in place");
+    }
+
+    #[test]
+    fn option_problems_name_the_route() {
+        let mut options = RouteOptions { accept_proxy_protocol: Some(AcceptProxy::Required), ..Default::default() };
+        let spec = RouteSpec::new("web", Protocol::Tcp, "127.0.0.1:0".parse().unwrap(), vec![Target::new("h", 80)]);
+        let e = spec.clone().with_options(options.clone()).validate().unwrap_err().to_string();
+        assert!(e.starts_with("route \"web\": accept_proxy_protocol needs trusted"), "{e}");
+        options.trusted.push("127.0.0.1/32".parse().unwrap());
+        assert!(spec.with_options(options).validate().is_ok());
     }
 
     #[test]

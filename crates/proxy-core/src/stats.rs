@@ -33,8 +33,14 @@ pub struct RouteStats {
     pub rejected: AtomicU64,
     /// UDP sessions evicted at the `max_udp_sessions` cap.
     pub evicted: AtomicU64,
-    /// Datagrams dropped (hook refusal, dial failure, send failure).
+    /// Datagrams dropped (ACL or hook refusal, dial failure, send failure).
     pub dropped: AtomicU64,
+    /// Clients refused by the route's or the global ACL (TCP connections closed at accept,
+    /// UDP datagrams that would have opened a session).
+    pub denied: AtomicU64,
+    /// TCP connections closed for a missing, invalid or late PROXY header, or for coming
+    /// from an untrusted peer when a header is required.
+    pub proxy_header_errors: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -70,6 +76,8 @@ impl RouteStats {
             rejected: self.rejected.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            denied: self.denied.load(Relaxed),
+            proxy_header_errors: self.proxy_header_errors.load(Relaxed),
             last_error: self.last_error(),
         }
     }
@@ -98,6 +106,12 @@ pub struct StatsSnapshot {
     pub evicted: u64,
     /// Datagrams dropped.
     pub dropped: u64,
+    /// Clients refused by an ACL.
+    #[serde(default)]
+    pub denied: u64,
+    /// TCP connections closed for a missing, invalid, late or untrusted PROXY header.
+    #[serde(default)]
+    pub proxy_header_errors: u64,
     /// The latest error text.
     pub last_error: Option<String>,
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::acl::{Acl, display_nets};
 use crate::error::RouteError;
 use crate::forward::{self, Live, RouteCtx};
 use crate::route::{Family, Protocol, RouteId, RouteSpec};
@@ -52,6 +53,8 @@ pub struct RouteTable {
     timers: TaskTracker,
     /// Source of [`Entry::seq`].
     next_seq: std::sync::atomic::AtomicU64,
+    /// The ACL every route applies besides its own; locked after `entries` when both are.
+    global_acl: Mutex<Arc<Acl>>,
 }
 
 /// One route in the table, serving or not.
@@ -102,7 +105,52 @@ impl RouteTable {
             draining: Mutex::new(Vec::new()),
             timers: TaskTracker::new(),
             next_seq: std::sync::atomic::AtomicU64::new(0),
+            global_acl: Mutex::new(Arc::new(Acl::open())),
         }
+    }
+
+    /// An empty table whose routes all apply `acl` besides their own; see
+    /// [`RouteTable::set_global_acl`]. Must be used inside a Tokio runtime.
+    pub fn with_global_acl(acl: Acl) -> Self {
+        let table = Self::new();
+        *table.global_acl.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(acl);
+        table
+    }
+
+    /// The table-wide ACL, shared.
+    fn global(&self) -> Arc<Acl> {
+        self.global_acl.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The ACL every route's clients must pass in addition to the route's own `allow`/`deny`.
+    pub fn global_acl(&self) -> Acl {
+        (*self.global()).clone()
+    }
+
+    /// Sets the table-wide ACL: a client must pass both it and its route's own ACL (a deny
+    /// in either refuses; an allow list in either must admit the client). Returns whether
+    /// it changed.
+    ///
+    /// Takes effect at once for new TCP connections and new UDP sessions of every route,
+    /// running or started later; connections and sessions already admitted are not judged
+    /// again. Never waits for traffic or for an `apply`.
+    pub fn set_global_acl(&self, acl: Acl) -> bool {
+        let entries = self.entries();
+        let acl = Arc::new(acl);
+        {
+            let mut global = self.global_acl.lock().unwrap_or_else(|p| p.into_inner());
+            if **global == *acl {
+                return false;
+            }
+            *global = acl.clone();
+        }
+        for entry in entries.values() {
+            if let Some(running) = &entry.running {
+                running.live.send_replace(Arc::new(Live::from_spec(&entry.spec, acl.clone())));
+            }
+        }
+        info!(allow = %display_nets(acl.allow()), deny = %display_nets(acl.deny()), action = "global_acl", "global ACL set");
+        true
     }
 
     /// The entries, locked. Never held across an `.await`.
@@ -185,7 +233,7 @@ impl RouteTable {
                         }
                         match (&entry.running, spec.validate()) {
                             (Some(running), Ok(())) => {
-                                running.live.send_replace(Arc::new(Live::from_spec(&spec)));
+                                running.live.send_replace(Arc::new(Live::from_spec(&spec, self.global())));
                                 info!(protocol = %id.protocol, listen = %running.bound, alias = %id.alias, dst = %forward::dial::display_targets(&spec.targets), action = "update", "route updated in place");
                                 entry.spec = spec;
                                 report.updated.push(id);
@@ -281,7 +329,7 @@ impl RouteTable {
         let spec = &entry.spec;
         spec.validate()?;
         let bind_err = |source| RouteError::Bind { protocol: spec.protocol, addr: spec.listen, source };
-        let (live, live_rx) = watch::channel(Arc::new(Live::from_spec(spec)));
+        let (live, live_rx) = watch::channel(Arc::new(Live::from_spec(spec, self.global())));
         let stop_accepting = CancellationToken::new();
         let close_conns = self.root().child_token();
         let tracker = TaskTracker::new();

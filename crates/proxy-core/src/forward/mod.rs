@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acl::{Access, Acl, NetSet};
 use crate::hooks::{ConnInfo, Hooks};
 use crate::route::{Protocol, RouteOptions, RouteSpec, Target};
 use crate::stats::RouteStats;
@@ -30,11 +31,23 @@ pub(crate) struct Live {
     pub targets: Vec<Target>,
     pub options: RouteOptions,
     pub hooks: Hooks,
+    /// The route's `allow`/`deny` and the table-wide ACL, compiled.
+    pub access: Access,
+    /// The route's `trusted` networks, compiled.
+    pub trusted: NetSet,
 }
 
 impl Live {
-    pub fn from_spec(spec: &RouteSpec) -> Self {
-        Live { targets: spec.targets.clone(), options: spec.options.clone(), hooks: spec.hooks.clone() }
+    /// The settings of `spec`, with `global` as the table-wide ACL.
+    pub fn from_spec(spec: &RouteSpec, global: Arc<Acl>) -> Self {
+        let options = &spec.options;
+        Live {
+            targets: spec.targets.clone(),
+            options: options.clone(),
+            hooks: spec.hooks.clone(),
+            access: Access { route: Acl::new(options.allow.clone(), options.deny.clone()), global },
+            trusted: NetSet::new(&options.trusted),
+        }
     }
 }
 

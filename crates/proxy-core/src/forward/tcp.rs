@@ -1,4 +1,11 @@
-//! The TCP forwarder: accept, dial, copy both ways with half-close forwarded.
+//! The TCP forwarder: accept, admit, dial, copy both ways with half-close forwarded.
+//!
+//! Admission happens before anything is dialled: a client refused by the route's or the
+//! global ACL is closed right after `accept`, without a task. When the route accepts the
+//! PROXY protocol and the peer is trusted, the header is read first (in the connection's
+//! task, within `proxy_protocol_timeout`) and the client it names is judged instead; see
+//! [`crate::proxy_protocol`]. Bytes read along with the header, and the header the route
+//! sends on, reach the target before the copy (and splice) takes over.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -13,6 +20,7 @@ use tracing::{debug, error};
 
 use super::{Live, RouteCtx, dial};
 use crate::hooks::Direction;
+use crate::proxy_protocol::{self, Accept, Transport};
 use crate::stats::RouteStats;
 
 /// Size of the buffer a direction borrows while bytes are ready; released when the
@@ -36,6 +44,23 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 let live = ctx.current();
+                // A trusted proxy's header names the real client: that one is judged once the
+                // header is read. Everyone else is judged here, before a task is spawned.
+                let header_expected = live.options.accept_proxy_protocol.is_some() && live.trusted.contains(peer.ip());
+                if !header_expected {
+                    if let Err((acl, reason)) = live.access.check(peer.ip()) {
+                        RouteStats::add(&ctx.stats.denied, 1);
+                        debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
+                        drop(client);
+                        continue;
+                    }
+                    if live.options.accept_proxy_protocol == Some(Accept::Required) {
+                        RouteStats::add(&ctx.stats.proxy_header_errors, 1);
+                        debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "proxy_header_error", "untrusted peer where a PROXY header is required");
+                        drop(client);
+                        continue;
+                    }
+                }
                 let max = live.options.max_connections;
                 if max > 0 && ctx.stats.active.load(Relaxed) >= u64::from(max) {
                     RouteStats::add(&ctx.stats.rejected, 1);
@@ -49,7 +74,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
                 RouteStats::add(&ctx.stats.active, 1);
                 let active = ActiveGuard(ctx.stats.clone());
                 let conn_ctx = ctx.clone();
-                ctx.tracker.spawn(async move { connection(client, peer, live, conn_ctx, active).await });
+                ctx.tracker
+                    .spawn(async move { connection(client, peer, header_expected, live, conn_ctx, active).await });
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, "client gone before accept");
@@ -94,9 +120,48 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// One client: pre-dial hook, dial, then copy both ways until both sides are done, the
-/// route closes its connections, or the idle timeout fires.
-async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: RouteCtx, _active: ActiveGuard) {
+/// One client: its PROXY header when one is expected (`header_expected`: the route accepts
+/// them and `socket_peer` is trusted) and the ACL for the client it names, pre-dial hook,
+/// dial, the PROXY header sent on and any bytes read with the header, then copy both ways
+/// until both sides are done, the route closes its connections, or the idle timeout fires.
+async fn connection(
+    mut client: TcpStream,
+    socket_peer: SocketAddr,
+    header_expected: bool,
+    live: Arc<Live>,
+    ctx: RouteCtx,
+    _active: ActiveGuard,
+) {
+    // The client, and the address it connected to when a header named one.
+    let mut peer = socket_peer;
+    let mut header_dst = None;
+    // Client bytes read along with the header: forwarded before anything else.
+    let mut early = Vec::new();
+    if header_expected && let Some(mode) = live.options.accept_proxy_protocol {
+        let read = tokio::select! {
+            _ = ctx.close_conns.cancelled() => return,
+            read = proxy_protocol::read_header(&mut client, mode, live.options.proxy_protocol_timeout) => read,
+        };
+        match read {
+            Ok(received) => {
+                if let Some(addresses) = received.header.and_then(|h| h.addresses) {
+                    peer = addresses.source;
+                    header_dst = Some(addresses.destination);
+                }
+                early = received.rest;
+            }
+            Err(e) => {
+                RouteStats::add(&ctx.stats.proxy_header_errors, 1);
+                debug!(protocol = "tcp", listen = %ctx.listen, peer = %socket_peer, action = "proxy_header_error", error = %e, "no valid PROXY header");
+                return;
+            }
+        }
+        if let Err((acl, reason)) = live.access.check(peer.ip()) {
+            RouteStats::add(&ctx.stats.denied, 1);
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
+            return;
+        }
+    }
     let info = ctx.conn_info(peer);
     if let Some(hook) = &live.hooks.pre_dial
         && let Err(reason) = hook.pre_dial(&info)
@@ -122,7 +187,21 @@ async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: R
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "accept", "connected");
+    // What a header sent on names as destination: the accepted header's, else the address
+    // this client connected to (asked of the kernel only when a header is sent).
+    let local = match live.options.proxy_protocol {
+        Some(_) => header_dst.or_else(|| client.local_addr().ok()).unwrap_or(ctx.listen),
+        None => ctx.listen,
+    };
+    if let Err(e) = send_first(&upstream, &live, &ctx, peer, local, &early).await {
+        debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", error = %e, "writing to the target failed");
+        return;
+    }
+    if peer == socket_peer {
+        debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "accept", "connected");
+    } else {
+        debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, %dst, action = "accept", "connected");
+    }
 
     let started = Instant::now();
     let last_activity = AtomicU64::new(0);
@@ -147,6 +226,40 @@ async fn connection(client: TcpStream, peer: SocketAddr, live: Arc<Live>, ctx: R
         Ok(()) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", "done"),
         Err(reason) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", %reason, "closed"),
     }
+}
+
+/// Writes what the target must get before the copy starts: the PROXY header the route
+/// sends (naming `peer` and `local`), then `early`, the client bytes read with an accepted
+/// header (counted, and shown to the on-read hook, like any client bytes).
+async fn send_first(
+    upstream: &TcpStream,
+    live: &Live,
+    ctx: &RouteCtx,
+    peer: SocketAddr,
+    local: SocketAddr,
+    early: &[u8],
+) -> io::Result<()> {
+    let header = live.options.proxy_protocol.map(|v| proxy_protocol::encode(v, Transport::Stream, peer, local));
+    if !early.is_empty()
+        && let Some(hook) = &live.hooks.on_read
+    {
+        hook.on_read(&ctx.conn_info(peer), Direction::ClientToTarget, early);
+    }
+    let write = async {
+        match (&header, early.is_empty()) {
+            (None, true) => Ok(()),
+            (Some(h), true) => write_all(upstream, h.as_bytes()).await,
+            (None, false) => write_all(upstream, early).await,
+            // One write, so the header and the first bytes can share a segment.
+            (Some(h), false) => write_all(upstream, &[h.as_bytes(), early].concat()).await,
+        }
+    };
+    tokio::select! {
+        written = write => written?,
+        _ = ctx.close_conns.cancelled() => return Err(io::Error::other("route removed")),
+    }
+    RouteStats::add(&ctx.stats.bytes_in, early.len() as u64);
+    Ok(())
 }
 
 /// Resolves when the connection has been idle for `tcp_idle_timeout`; never without one.

@@ -302,7 +302,21 @@ impl Route {
         if let Some(hook) = &live.hooks.on_read {
             hook.on_read(&self.ctx.conn_info(peer), Direction::ClientToTarget, data);
         }
-        match upstream.send(data).await {
+        let sent = match live.options.proxy_protocol {
+            None => upstream.send(data).await,
+            Some(version) => {
+                // Encoded on the stack for each datagram (28 or 52 bytes): no allocation and
+                // no per-session state; the header names the client and the bound address.
+                let header = crate::proxy_protocol::encode(
+                    version,
+                    crate::proxy_protocol::Transport::Datagram,
+                    peer,
+                    self.ctx.listen,
+                );
+                send_with_header(upstream, header.as_bytes(), data).await
+            }
+        };
+        match sent {
             Ok(_) => {
                 RouteStats::add(&self.ctx.stats.bytes_in, data.len() as u64);
                 RouteStats::add(&self.ctx.stats.datagrams_in, 1);
@@ -320,6 +334,13 @@ impl Route {
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.ctx.tracker.spawn(self.tasks.track_future(task));
     }
+}
+
+/// Sends `header ‖ data` as one datagram on a connected socket, from two buffers
+/// (sendmsg with two iovecs): the payload is not copied.
+async fn send_with_header(upstream: &UdpSocket, header: &[u8], data: &[u8]) -> io::Result<usize> {
+    let parts = [std::io::IoSlice::new(header), std::io::IoSlice::new(data)];
+    upstream.async_io(tokio::io::Interest::WRITABLE, || socket2::SockRef::from(upstream).send_vectored(&parts)).await
 }
 
 /// One client's session, as the receive loop holds it.
@@ -428,6 +449,13 @@ impl Sessions {
             return;
         }
         let live = ctx.current();
+        if let Err((acl, reason)) = live.access.check(peer.ip()) {
+            RouteStats::add(&ctx.stats.denied, 1);
+            RouteStats::add(&ctx.stats.dropped, 1);
+            // Per datagram, like a hook refusal: trace.
+            trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
+            return;
+        }
         if let Some(hook) = &live.hooks.pre_dial
             && let Err(reason) = hook.pre_dial(&ctx.conn_info(peer))
         {
