@@ -55,6 +55,32 @@ pub struct RouteTable {
     next_seq: std::sync::atomic::AtomicU64,
     /// The ACL every route applies besides its own; locked after `entries` when both are.
     global_acl: Mutex<Arc<Acl>>,
+    /// The port the OS last picked for each port-0 route, so a route that goes and comes
+    /// back (a restarted container) gets the same port when it is still free.
+    picked_ports: Mutex<PickedPorts>,
+}
+
+/// Remembered OS-picked ports, bounded so route churn cannot grow it without end.
+#[derive(Default)]
+struct PickedPorts {
+    ports: std::collections::HashMap<RouteId, u16>,
+    /// Insertion order, oldest first, for forgetting beyond [`PickedPorts::MAX`].
+    order: std::collections::VecDeque<RouteId>,
+}
+
+impl PickedPorts {
+    const MAX: usize = 65_536;
+
+    fn remember(&mut self, id: &RouteId, port: u16) {
+        if self.ports.insert(id.clone(), port).is_none() {
+            self.order.push_back(id.clone());
+            if self.order.len() > Self::MAX
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ports.remove(&old);
+            }
+        }
+    }
 }
 
 /// One route in the table, serving or not.
@@ -106,6 +132,7 @@ impl RouteTable {
             timers: TaskTracker::new(),
             next_seq: std::sync::atomic::AtomicU64::new(0),
             global_acl: Mutex::new(Arc::new(Acl::open())),
+            picked_ports: Mutex::new(PickedPorts::default()),
         }
     }
 
@@ -343,18 +370,31 @@ impl RouteTable {
             close_conns: close_conns.clone(),
             tracker: tracker.clone(),
         };
+        // A port-0 route that ran before asks for the port it had, and takes any if that
+        // one is gone.
+        let id = spec.id();
+        let remembered = if spec.listen.port() == 0 {
+            self.picked_ports.lock().unwrap_or_else(|p| p.into_inner()).ports.get(&id).copied()
+        } else {
+            None
+        };
         let (bound, serve) = match spec.protocol {
             Protocol::Tcp => {
-                let listener = forward::bind::tcp(spec.listen, spec.family).map_err(bind_err)?;
+                let listener = bind_preferring(spec.listen, remembered, |addr| forward::bind::tcp(addr, spec.family))
+                    .map_err(bind_err)?;
                 let bound = listener.local_addr().map_err(bind_err)?;
                 (bound, tracker.spawn(forward::tcp::serve(listener, make_ctx(bound))))
             }
             Protocol::Udp => {
-                let socket = forward::bind::udp(spec.listen, spec.family).map_err(bind_err)?;
+                let socket = bind_preferring(spec.listen, remembered, |addr| forward::bind::udp(addr, spec.family))
+                    .map_err(bind_err)?;
                 let bound = socket.local_addr().map_err(bind_err)?;
                 (bound, tracker.spawn(forward::udp::serve(socket, make_ctx(bound))))
             }
         };
+        if spec.listen.port() == 0 {
+            self.picked_ports.lock().unwrap_or_else(|p| p.into_inner()).remember(&id, bound.port());
+        }
         Ok(Running { bound, live, stop_accepting, close_conns, tracker, serve })
     }
 
@@ -455,6 +495,18 @@ impl Drop for RouteTable {
                 running.stop_accepting.cancel();
             }
         }
+    }
+}
+
+/// Binds `listen`, first on `remembered`'s port when there is one.
+fn bind_preferring<T>(
+    listen: SocketAddr,
+    remembered: Option<u16>,
+    bind: impl Fn(SocketAddr) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    match remembered {
+        Some(port) => bind(SocketAddr::new(listen.ip(), port)).or_else(|_| bind(listen)),
+        None => bind(listen),
     }
 }
 

@@ -323,3 +323,24 @@ async fn port_zero_reports_the_bound_address_and_the_spec_as_given() {
     assert_eq!(status.spec.targets, vec![Target::new("127.0.0.1", echo.addr.port())]);
     table.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_port_zero_route_that_comes_back_gets_the_port_it_had() {
+    init_tracing();
+    let echo = echo_server();
+    let table = RouteTable::new();
+    let spec = tcp_route("comes-back", echo.addr);
+    let first = apply_one(&table, spec.clone()).await;
+    table.apply(vec![]).await;
+    let again = apply_one(&table, spec.clone()).await;
+    assert_eq!(again, first, "a restarted route keeps its OS-picked port while it is free");
+
+    // When someone else took the port meanwhile, the route still comes up, elsewhere.
+    table.apply(vec![]).await;
+    let squatter = std::net::TcpListener::bind(first).expect("the freed port can be taken");
+    let elsewhere = apply_one(&table, spec).await;
+    assert_ne!(elsewhere.port(), first.port());
+    assert_eq!(status_of(&table, "comes-back").state, RouteState::Listening);
+    drop(squatter);
+    table.shutdown().await;
+}
