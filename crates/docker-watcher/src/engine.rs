@@ -1,0 +1,268 @@
+//! Talking to the Docker engine: connecting, and turning its answers into [`ContainerView`]s.
+//!
+//! Only read endpoints are used (ping, version, list, inspect, events), so dockward works
+//! behind a read-only socket proxy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings};
+use bollard::query_parameters::ListContainersOptions;
+
+use crate::error::WatchError;
+use crate::labels::{ContainerState, ContainerView};
+
+/// Where the engine is when neither `--docker-host` nor `DOCKER_HOST` says.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// The engine address in use: the explicit one, else `DOCKER_HOST`, else the default socket.
+pub fn effective_host(explicit: Option<&str>) -> String {
+    match explicit {
+        Some(h) if !h.trim().is_empty() => h.trim().to_string(),
+        _ => std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string()),
+    }
+}
+
+/// A client for `host` (`unix:///path`, `tcp://host:port`, `http://host:port`, or a bare
+/// socket path), with `timeout` on every request, its API version negotiated down to the
+/// engine's (the engine here speaks 1.41; bollard starts from a newer one).
+pub async fn connect(host: &str, timeout: Duration) -> Result<Docker, WatchError> {
+    let url = if host.starts_with('/') { format!("unix://{host}") } else { host.to_string() };
+    let docker = Docker::connect_with_host(&url)
+        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?
+        .with_timeout(timeout);
+    let docker = tokio::time::timeout(timeout, docker.negotiate_version())
+        .await
+        .map_err(|_| WatchError::Connect { host: host.to_string(), source: BollardError::RequestTimeoutError })?
+        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?;
+    Ok(docker)
+}
+
+/// `"20.10.24 (API 1.41)"`: the engine's version, for logs.
+pub async fn engine_version(docker: &Docker, host: &str) -> Result<String, WatchError> {
+    let v = docker.version().await.map_err(|source| WatchError::engine(host, "version", source))?;
+    Ok(format!("{} (API {})", v.version.as_deref().unwrap_or("unknown"), v.api_version.as_deref().unwrap_or("unknown")))
+}
+
+/// Every running or paused container carrying all of `label_filters`, as views.
+pub async fn list_views(
+    docker: &Docker,
+    host: &str,
+    label_filters: &[String],
+) -> Result<Vec<ContainerView>, WatchError> {
+    let filters =
+        (!label_filters.is_empty()).then(|| [("label".to_string(), label_filters.to_vec())].into_iter().collect());
+    let options = ListContainersOptions { all: false, filters, ..Default::default() };
+    let list =
+        docker.list_containers(Some(options)).await.map_err(|source| WatchError::engine(host, "list", source))?;
+    Ok(list.into_iter().filter_map(view_from_summary).collect())
+}
+
+/// One container by id or name; `Ok(None)` when the engine says it does not exist.
+pub async fn inspect_view(docker: &Docker, host: &str, id_or_name: &str) -> Result<Option<ContainerView>, WatchError> {
+    match docker.inspect_container(id_or_name, None).await {
+        Ok(c) => Ok(view_from_inspect(c)),
+        Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(source) => Err(WatchError::engine(host, "inspect", source)),
+    }
+}
+
+/// A view from a list entry; `None` without an id.
+pub fn view_from_summary(c: ContainerSummary) -> Option<ContainerView> {
+    let id = c.id?;
+    let name = c
+        .names
+        .as_deref()
+        .and_then(|names| names.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| short_id(&id).to_string());
+    Some(ContainerView {
+        name,
+        labels: c.labels.map(sorted).unwrap_or_default(),
+        network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+        networks: c.network_settings.and_then(|n| n.networks).map(addresses).unwrap_or_default(),
+        state: c.state.map(|s| ContainerState::parse(s.as_ref())).unwrap_or_default(),
+        id,
+    })
+}
+
+/// A view from an inspect answer; `None` without an id.
+pub fn view_from_inspect(c: ContainerInspectResponse) -> Option<ContainerView> {
+    let id = c.id?;
+    let name = c.name.map(|n| n.trim_start_matches('/').to_string()).unwrap_or_else(|| short_id(&id).to_string());
+    Some(ContainerView {
+        name,
+        labels: c.config.and_then(|cfg| cfg.labels).map(sorted).unwrap_or_default(),
+        network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+        networks: c.network_settings.and_then(|n| n.networks).map(addresses).unwrap_or_default(),
+        state: c.state.and_then(|s| s.status).map(|s| ContainerState::parse(s.as_ref())).unwrap_or_default(),
+        id,
+    })
+}
+
+/// The first 12 characters of an id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn sorted(labels: HashMap<String, String>) -> BTreeMap<String, String> {
+    labels.into_iter().collect()
+}
+
+/// Network name → the container's address on it: IPv4 when it has one, else global IPv6.
+fn addresses(networks: HashMap<String, EndpointSettings>) -> BTreeMap<String, Option<IpAddr>> {
+    networks
+        .into_iter()
+        .map(|(name, ep)| {
+            let parse = |s: Option<String>| s.and_then(|s| s.parse::<IpAddr>().ok());
+            let ip = parse(ep.ip_address).or_else(|| parse(ep.global_ipv6_address));
+            (name, ip)
+        })
+        .collect()
+}
+
+/// The id of the container this process runs in, when it looks like it runs in one.
+///
+/// Docker bind-mounts `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` from
+/// `/var/lib/docker/containers/<id>/`, which `/proc/self/mountinfo` shows; cgroup v1 paths
+/// (`/docker/<id>`, `docker-<id>.scope`) name it too. As a last resort `HOSTNAME` (Docker's
+/// default hostname is the short id) is tried when `/.dockerenv` exists. The engine is asked
+/// about the candidate before it is trusted.
+pub fn detect_own_container_id() -> Option<String> {
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo")
+        && let Some(id) = id_from_mountinfo(&mountinfo)
+    {
+        return Some(id);
+    }
+    if let Ok(cgroup) = std::fs::read_to_string("/proc/self/cgroup")
+        && let Some(id) = id_from_cgroup(&cgroup)
+    {
+        return Some(id);
+    }
+    if std::path::Path::new("/.dockerenv").exists() {
+        return std::env::var("HOSTNAME").ok().filter(|h| h.len() >= 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    None
+}
+
+fn is_full_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Finds `/containers/<64 hex>/` in mountinfo text.
+pub(crate) fn id_from_mountinfo(text: &str) -> Option<String> {
+    for line in text.lines() {
+        for field in line.split_whitespace() {
+            let mut parts = field.split('/');
+            while let Some(p) = parts.next() {
+                if p == "containers"
+                    && let Some(id) = parts.next()
+                    && is_full_id(id)
+                {
+                    return Some(id.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Finds a 64-hex container id in cgroup paths (`/docker/<id>`, `docker-<id>.scope`).
+pub(crate) fn id_from_cgroup(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let path = line.rsplit(':').next().unwrap_or("");
+        for seg in path.split('/') {
+            let seg = seg.strip_prefix("docker-").unwrap_or(seg);
+            let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+            if is_full_id(seg) {
+                return Some(seg.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The networks of dockward's own container that another container can share, given its id:
+/// empty when it runs in host mode, on no network, or the engine does not know the id.
+pub async fn own_networks(docker: &Docker, host: &str, own_id: &str) -> Result<Vec<String>, WatchError> {
+    let Some(view) = inspect_view(docker, host, own_id).await? else {
+        return Ok(Vec::new());
+    };
+    if view.network_mode == "host" {
+        return Ok(Vec::new());
+    }
+    Ok(view
+        .networks
+        .into_iter()
+        .filter(|(name, ip)| ip.is_some() && name != "host" && name != "none")
+        .map(|(n, _)| n)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f1c2d9a8b7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+
+    #[test]
+    fn own_id_from_mountinfo_and_cgroup() {
+        let mountinfo = format!(
+            "1 0 0:1 / / rw - overlay overlay rw\n\
+             612 600 254:1 /var/lib/docker/containers/{ID}/hostname /etc/hostname rw,relatime - ext4 /dev/vda rw\n"
+        );
+        assert_eq!(id_from_mountinfo(&mountinfo).as_deref(), Some(ID));
+        assert_eq!(id_from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+
+        assert_eq!(id_from_cgroup(&format!("12:memory:/docker/{ID}\n")).as_deref(), Some(ID));
+        assert_eq!(id_from_cgroup(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(), Some(ID));
+        assert_eq!(id_from_cgroup("0::/\n4:memory:/process_api/fc0c7b28\n"), None);
+    }
+
+    #[test]
+    fn summary_becomes_a_view() {
+        let json = serde_json_like();
+        let summary: ContainerSummary = json;
+        let v = view_from_summary(summary).unwrap();
+        assert_eq!(v.name, "web");
+        assert_eq!(v.state, ContainerState::Running);
+        assert_eq!(v.network_mode, "bridge");
+        assert_eq!(v.networks.get("bridge"), Some(&Some("172.17.0.2".parse().unwrap())));
+        assert_eq!(v.networks.get("empty"), Some(&None));
+        assert_eq!(v.labels.get("proxy.web.port").map(String::as_str), Some("80"));
+    }
+
+    fn serde_json_like() -> ContainerSummary {
+        use bollard::models::{ContainerSummaryHostConfig, ContainerSummaryNetworkSettings, ContainerSummaryStateEnum};
+        ContainerSummary {
+            id: Some(ID.into()),
+            names: Some(vec!["/web".into()]),
+            labels: Some([("proxy.web.port".to_string(), "80".to_string())].into_iter().collect()),
+            state: Some(ContainerSummaryStateEnum::RUNNING),
+            host_config: Some(ContainerSummaryHostConfig { network_mode: Some("bridge".into()), ..Default::default() }),
+            network_settings: Some(ContainerSummaryNetworkSettings {
+                networks: Some(
+                    [
+                        (
+                            "bridge".to_string(),
+                            EndpointSettings { ip_address: Some("172.17.0.2".into()), ..Default::default() },
+                        ),
+                        (
+                            "empty".to_string(),
+                            EndpointSettings { ip_address: Some(String::new()), ..Default::default() },
+                        ),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! What can go wrong talking to the engine. Label problems are not errors of this kind:
+//! they are values ([`LabelError`](crate::LabelError)) carried in the snapshot.
+
+use bollard::errors::Error as BollardError;
+
+/// A failure reaching or reading the Docker engine; the watcher retries after any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The engine could not be reached, or its API version not negotiated.
+    #[error("cannot reach the Docker engine at {host}")]
+    Connect {
+        /// The engine address tried.
+        host: String,
+        /// Why.
+        #[source]
+        source: BollardError,
+    },
+    /// A request to a reachable engine failed.
+    #[error("Docker engine at {host}: {request} failed")]
+    Engine {
+        /// The engine address.
+        host: String,
+        /// Which request: `version`, `list`, `inspect`, `events`.
+        request: &'static str,
+        /// Why.
+        #[source]
+        source: BollardError,
+    },
+    /// The event stream ended without an error (the engine closed it).
+    #[error("Docker engine at {host}: the event stream ended")]
+    StreamEnded {
+        /// The engine address.
+        host: String,
+    },
+    /// `dockward check --container NAME` named a container the engine does not know.
+    #[error("no container {name:?} on the Docker engine at {host}")]
+    NoSuchContainer {
+        /// The engine address.
+        host: String,
+        /// The name or id asked for.
+        name: String,
+    },
+}
+
+impl WatchError {
+    pub(crate) fn engine(host: &str, request: &'static str, source: BollardError) -> Self {
+        WatchError::Engine { host: host.to_string(), request, source }
+    }
+
+    /// The error and its causes on one line: `cannot reach …: error trying to connect: …`.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let s = c.to_string();
+            if !text.contains(&s) {
+                text.push_str(": ");
+                text.push_str(&s);
+            }
+            cause = c.source();
+        }
+        text
+    }
+}

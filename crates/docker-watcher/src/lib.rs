@@ -1,0 +1,106 @@
+//! docker-watcher: Docker container labels become proxy-core routes, kept live from the
+//! engine's events.
+//!
+//! - [`labels`]: the pure function [`parse_labels`] from a [`ContainerView`] (labels,
+//!   networks, state) to a [`ContainerRoutes`] (routes and per-label errors). No I/O.
+//! - [`DockerWatcher`]: bollard, read-only endpoints; publishes a [`DockerSnapshot`] of every
+//!   labelled running container through a `tokio::sync::watch` channel.
+//! - [`check_labels`] and [`check_container`]: what `dockward check --labels` and
+//!   `dockward check --container` need.
+//!
+//! The crate opens no socket of its own besides the engine connection: the binary hands the
+//! routes to proxy-core's `RouteTable::apply`.
+#![warn(missing_docs)]
+
+mod engine;
+mod error;
+pub mod labels;
+mod snapshot;
+mod watcher;
+
+pub use engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
+pub use error::WatchError;
+pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, parse_labels};
+pub use snapshot::DockerSnapshot;
+pub use watcher::{DockerConfig, DockerWatcher, OwnContainer, WATCHED_EVENTS};
+
+/// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
+///
+/// There is no engine to ask for the container's networks, so the container is taken to run
+/// with network mode `host`: targets without a `host` field show as `127.0.0.1`.
+/// `proxy.network` is therefore not checked here; [`check_container`] checks it.
+pub fn check_labels(pairs: &[(String, String)], name: &str) -> ContainerRoutes {
+    let view = ContainerView {
+        id: String::new(),
+        name: name.to_string(),
+        labels: pairs.iter().cloned().collect(),
+        network_mode: "host".to_string(),
+        networks: Default::default(),
+        state: ContainerState::Running,
+    };
+    parse_labels(&view, &[])
+}
+
+/// Splits `key=value` (as given to `--labels`) at the first `=`; `None` without one.
+pub fn split_label_arg(arg: &str) -> Option<(String, String)> {
+    let (k, v) = arg.split_once('=')?;
+    let k = k.trim();
+    if k.is_empty() {
+        return None;
+    }
+    Some((k.to_string(), v.to_string()))
+}
+
+/// Fetches one container (by name or id) from the engine, for `dockward check --container`.
+pub async fn inspect_container(config: &DockerConfig, name: &str) -> Result<ContainerView, WatchError> {
+    let host = config.effective_host();
+    let docker = engine::connect(&host, config.request_timeout).await?;
+    engine::inspect_view(&docker, &host, name)
+        .await?
+        .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })
+}
+
+/// Checks one container's labels against its real networks, whatever its state.
+///
+/// Dockward's own container's networks are taken into account as the watcher would.
+pub async fn check_container(
+    config: &DockerConfig,
+    name: &str,
+) -> Result<(ContainerView, ContainerRoutes), WatchError> {
+    let host = config.effective_host();
+    let docker = engine::connect(&host, config.request_timeout).await?;
+    let view = engine::inspect_view(&docker, &host, name)
+        .await?
+        .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
+    let own = match &config.own_container {
+        OwnContainer::Disabled => Vec::new(),
+        OwnContainer::Id(id) => engine::own_networks(&docker, &host, id).await?,
+        OwnContainer::Detect => match detect_own_container_id() {
+            Some(id) => engine::own_networks(&docker, &host, &id).await?,
+            None => Vec::new(),
+        },
+    };
+    let routes = parse_labels(&view, &own);
+    Ok((view, routes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_labels_reads_pairs_as_a_host_network_container() {
+        let pairs: Vec<(String, String)> = ["proxy.aliases=ssh", "proxy.ssh.port=2222:22", "proxy.web.port=x"]
+            .iter()
+            .filter_map(|a| split_label_arg(a))
+            .collect();
+        let r = check_labels(&pairs, "box");
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[0].targets[0].to_string(), "127.0.0.1:22");
+        assert_eq!(r.routes[0].source, "box");
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(split_label_arg("a=b=c"), Some(("a".into(), "b=c".into())));
+        assert_eq!(split_label_arg("novalue"), None);
+        assert_eq!(split_label_arg("=x"), None);
+    }
+}
