@@ -1,0 +1,96 @@
+//! `dockward run`: providers → controller → route table, plus the admin API, until a signal.
+
+use std::collections::HashSet;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminListener};
+use crate::cli::RunArgs;
+use crate::controller::Controller;
+use crate::providers::{self, docker::DockerOptions};
+
+/// Runs until SIGINT or SIGTERM, then stops cleanly: listeners close at once, open
+/// connections may finish for up to the largest `drain_grace` of the routes. A second
+/// signal stops waiting for them.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // First, so that a signal arriving during start-up is handled, not fatal.
+    let mut signals = Signals::new()?;
+    if args.routes.is_empty() && args.no_docker {
+        anyhow::bail!("nothing to serve: give --routes FILE, or leave out --no-docker to serve Docker labels");
+    }
+
+    // The admin API binds before any route, so a taken admin port stops us before we serve.
+    let listener = AdminListener::bind(&args.admin.admin).await?;
+    let bound = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let mut providers = Vec::new();
+    let mut seen = HashSet::new();
+    for path in args.routes {
+        if !seen.insert(path.clone()) {
+            warn!(file = %path.display(), "routes file given twice; reading it once");
+            continue;
+        }
+        providers.push(providers::file::spawn(path, shutdown.child_token())?);
+    }
+    let docker = DockerOptions { disabled: args.no_docker, host: args.docker_host };
+    if let Some(provider) = providers::docker::spawn(&docker, shutdown.child_token())? {
+        providers.push(provider);
+    }
+
+    let controller = Controller::new(providers);
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(listener, controller.view(), admin_stop.clone()));
+    info!(admin = %bound, "admin API listening");
+    if let Some(file) = &args.admin_addr_file {
+        admin::write_addr_file(file, &bound)?;
+    }
+    let mut controller_task = tokio::spawn(controller.run(shutdown.clone()));
+
+    let first = tokio::select! {
+        name = signals.next() => name,
+        finished = &mut controller_task => {
+            finished.context("the controller stopped unexpectedly")?;
+            anyhow::bail!("the controller stopped unexpectedly");
+        }
+    };
+    info!(signal = first, "stopping");
+    shutdown.cancel();
+    tokio::select! {
+        finished = &mut controller_task => finished.context("the controller failed while stopping")?,
+        second = signals.next() => {
+            warn!(signal = second, "second signal: exiting without waiting for open connections");
+            anyhow::bail!("stopped by a second {second} before open connections finished");
+        }
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The routes file: YAML in, [`RouteSpec`]s or errors out.
+//!
+//! ```yaml
+//! routes:
+//!   ssh:
+//!     port: 2222:22      # LISTEN:TARGET, or TARGET alone for an OS-picked listen port
+//!     host: 127.0.0.1    # optional; the default target host
+//! ```
+//!
+//! This module only reads the document's shape (a `routes:` map of alias → map of field →
+//! scalar). Every field, its name and its value, goes through proxy-core's
+//! [`fields`](proxy_core::fields) grammar, the same one Docker labels use, so the two can
+//! never drift apart. Errors name the file, the alias and the field; YAML syntax errors
+//! carry serde_norway's line and column.
+
+use std::path::Path;
+
+use proxy_core::RouteSpec;
+use proxy_core::fields::{self, RouteDraft};
+use serde_norway::Value;
+
+use crate::providers::ProviderError;
+
+/// The target host of routes that do not set `host`.
+pub const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
+
+/// The only key allowed at the top of a routes file.
+const ROUTES_KEY: &str = "routes";
+
+/// What one routes file defines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    /// The routes of every alias without error, in file order.
+    pub routes: Vec<RouteSpec>,
+    /// Every error found; a file with any error is not applied.
+    pub errors: Vec<ProviderError>,
+}
+
+impl Loaded {
+    fn error(&mut self, source: &str, message: impl Into<String>) {
+        self.errors.push(ProviderError::whole(source, message));
+    }
+
+    fn route_error(&mut self, source: &str, alias: &str, message: impl Into<String>) {
+        self.errors.push(ProviderError::route(source, alias, message));
+    }
+}
+
+/// Reads and parses the routes file at `path`; the path as given is the routes' source.
+pub fn load(path: &Path) -> Loaded {
+    let source = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&source, &text),
+        Err(e) => {
+            let mut loaded = Loaded::default();
+            loaded.error(&source, format!("cannot read the file: {e}"));
+            loaded
+        }
+    }
+}
+
+/// Parses the text of a routes file named `source`.
+pub fn parse(source: &str, text: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut doc: Value = match serde_norway::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            loaded.error(source, format!("invalid YAML: {e}"));
+            return loaded;
+        }
+    };
+    if let Err(e) = doc.apply_merge() {
+        loaded.error(source, format!("invalid YAML merge (<<): {e}"));
+        return loaded;
+    }
+    let top = match doc {
+        Value::Mapping(top) => top,
+        // An empty file is more often a file being rewritten than a wish to drop every route.
+        Value::Null => {
+            loaded.error(source, "the file is empty; write `routes: {}` for a file with no routes");
+            return loaded;
+        }
+        other => {
+            loaded.error(source, format!("expected a `routes:` map at the top, found {}", describe(&other)));
+            return loaded;
+        }
+    };
+
+    let mut routes = None;
+    for (key, value) in top {
+        let key = scalar_text(&key).unwrap_or_else(|| format!("{key:?}"));
+        if key == ROUTES_KEY {
+            routes = Some(value);
+        } else {
+            let hint = match fields::did_you_mean(&key, [ROUTES_KEY]) {
+                Some(hint) => format!(" (did you mean {hint:?}?)"),
+                None => format!(" (the only top-level key is {ROUTES_KEY:?})"),
+            };
+            loaded.error(source, format!("unknown top-level key {key:?}{hint}"));
+        }
+    }
+    let entries = match routes {
+        Some(Value::Mapping(entries)) => entries,
+        // `routes:` with nothing under it: a file that defines no routes.
+        Some(Value::Null) => return loaded,
+        Some(other) => {
+            loaded.error(source, format!("`routes` must map each alias to its fields, found {}", describe(&other)));
+            return loaded;
+        }
+        None => {
+            if loaded.errors.is_empty() {
+                loaded.error(source, "no `routes:` key; write `routes: {}` for a file with no routes");
+            }
+            return loaded;
+        }
+    };
+
+    for (alias, body) in entries {
+        let Some(alias) = scalar_text(&alias).filter(|a| !a.trim().is_empty()) else {
+            loaded.error(source, format!("an alias must be a non-empty name, found {}", describe(&alias)));
+            continue;
+        };
+        let body = match body {
+            Value::Mapping(body) => body,
+            Value::Null => {
+                loaded.route_error(source, &alias, "no fields; every route needs a port");
+                continue;
+            }
+            other => {
+                let hint = match scalar_text(&other) {
+                    Some(text) => format!("; did you mean `{alias}: {{port: {text}}}`?"),
+                    None => String::new(),
+                };
+                loaded.route_error(
+                    source,
+                    &alias,
+                    format!("expected a map of fields (port, scheme, ...), found {}{hint}", describe(&other)),
+                );
+                continue;
+            }
+        };
+        let errors_before = loaded.errors.len();
+        let mut draft = RouteDraft::new(alias.clone());
+        for (field, value) in body {
+            let field = scalar_text(&field).unwrap_or_else(|| format!("{field:?}"));
+            let text = match &value {
+                Value::Null => {
+                    loaded.route_error(source, &alias, format!("{field}: no value"));
+                    continue;
+                }
+                other => match scalar_text(other) {
+                    Some(text) => text,
+                    None => {
+                        let message = if fields::is_field(&field) {
+                            format!("{field}: expected a single value, found {}", describe(other))
+                        } else {
+                            format!("{field}: {}", fields::unknown_field(&field, "").reason)
+                        };
+                        loaded.route_error(source, &alias, message);
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = draft.set(&field, &text) {
+                loaded.route_error(source, &alias, e.to_string());
+            }
+        }
+        if loaded.errors.len() > errors_before {
+            continue;
+        }
+        if !draft.has_port() {
+            loaded.route_error(source, &alias, "port: missing; every route needs a port (LISTEN:TARGET or TARGET)");
+            continue;
+        }
+        match draft.build(source, DEFAULT_TARGET_HOST) {
+            Ok(specs) => loaded.routes.extend(specs),
+            Err(mut e) => {
+                // The core's validation text starts with `route "ALIAS": `, which our
+                // message already says.
+                if let Some(reason) = e.reason.strip_prefix(&format!("route {alias:?}: ")) {
+                    e.reason = reason.to_string();
+                }
+                loaded.route_error(source, &alias, e.to_string());
+            }
+        }
+    }
+    loaded
+}
+
+/// The text of a scalar as the field grammar reads it; `None` for lists, maps and tags.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null | Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => None,
+    }
+}
+
+/// "a list", "a map", "\"22\"": what a value is, for error messages.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".into(),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a map".into(),
+        Value::Tagged(t) => format!("a tagged value ({})", t.tag),
+        scalar => format!("{:?}", scalar_text(scalar).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proxy_core::{Family, Protocol, Target};
+
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let loaded = parse("r.yml", text);
+        assert!(loaded.routes.is_empty() || !loaded.errors.is_empty(), "expected errors: {loaded:?}");
+        loaded.errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    fn routes(text: &str) -> Vec<RouteSpec> {
+        let loaded = parse("r.yml", text);
+        assert_eq!(loaded.errors, vec![], "unexpected errors");
+        loaded.routes
+    }
+
+    #[test]
+    fn a_listen_target_pair_becomes_a_tcp_route_to_localhost() {
+        let r = routes("routes:\n  ssh:\n    port: 2222:22\n");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].alias, "ssh");
+        assert_eq!(r[0].source, "r.yml");
+        assert_eq!(r[0].protocol, Protocol::Tcp);
+        assert_eq!(r[0].listen, "0.0.0.0:2222".parse().unwrap());
+        assert_eq!(r[0].targets, vec![Target::new("127.0.0.1", 22)]);
+    }
+
+    #[test]
+    fn a_single_port_is_the_target_and_the_os_picks_the_listen_port() {
+        let r = routes("routes:\n  ssh:\n    port: 22\n    bind: 127.0.0.1\n");
+        assert_eq!(r[0].listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(r[0].targets, vec![Target::new("127.0.0.1", 22)]);
+    }
+
+    #[test]
+    fn every_field_of_the_grammar_is_read_with_yaml_scalars_as_text() {
+        let r = routes(
+            "routes:
+  dns:
+    scheme: udp6
+    bind: '::1'
+    host: resolver.internal
+    port: 5353:53
+    connect_timeout: 2s
+    tcp_idle_timeout: 1h
+    udp_idle_timeout: 30s
+    max_connections: 10
+    max_udp_sessions: 100
+    drain_grace: 5s
+",
+        );
+        let spec = &r[0];
+        assert_eq!((spec.protocol, spec.family), (Protocol::Udp, Family::V6));
+        assert_eq!(spec.listen, "[::1]:5353".parse().unwrap());
+        assert_eq!(spec.targets, vec![Target::new("resolver.internal", 53)]);
+        assert_eq!(spec.options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(spec.options.tcp_idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(spec.options.udp_idle_timeout, Duration::from_secs(30));
+        assert_eq!(spec.options.max_connections, 10);
+        assert_eq!(spec.options.max_udp_sessions, 100);
+        assert_eq!(spec.options.drain_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn routes_keep_file_order() {
+        let r = routes("routes:\n  zeta: {port: 1}\n  alpha: {port: 2}\n  mid: {port: 3}\n");
+        let aliases: Vec<&str> = r.iter().map(|s| s.alias.as_str()).collect();
+        assert_eq!(aliases, ["zeta", "alpha", "mid"]);
+    }
+
+    #[test]
+    fn an_explicitly_empty_routes_map_defines_no_routes() {
+        assert_eq!(routes("routes: {}\n"), vec![]);
+        assert_eq!(routes("routes:\n"), vec![]);
+    }
+
+    #[test]
+    fn merge_keys_share_fields_between_routes() {
+        let r = routes("routes:\n  a: &common {port: 1, bind: 127.0.0.1}\n  b:\n    <<: *common\n    port: 2\n");
+        assert_eq!(r[1].listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(r[1].targets[0].port, 2);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_alias_the_field_and_the_value() {
+        assert_eq!(
+            errors("routes:\n  ssh:\n    port: 22:22:22\n"),
+            [r#"r.yml: route "ssh": port "22:22:22": too many ':'; expected LISTEN:TARGET or TARGET"#]
+        );
+        assert_eq!(
+            errors("routes:\n  ssh:\n    prot: 22\n"),
+            [r#"r.yml: route "ssh": prot "22": unknown field (did you mean "port"?)"#]
+        );
+        assert_eq!(
+            errors("routes:\n  ssh:\n    port: 22\n    scheme: tcpp\n"),
+            [r#"r.yml: route "ssh": scheme "tcpp": unknown scheme (did you mean "tcp"?)"#]
+        );
+    }
+
+    #[test]
+    fn every_error_of_the_file_is_reported_and_none_of_its_routes_is_kept_apart() {
+        let loaded = parse("r.yml", "routes:\n  good: {port: 1}\n  bad: {port: abc, max_connections: -1}\n");
+        assert_eq!(loaded.errors.len(), 2, "{:?}", loaded.errors);
+        assert!(loaded.errors.iter().all(|e| e.alias.as_deref() == Some("bad")));
+        // The good alias parses; whether the file is applied is the provider's decision.
+        assert_eq!(loaded.routes.len(), 1);
+    }
+
+    #[test]
+    fn unknown_top_level_keys_are_errors_with_a_hint() {
+        assert_eq!(
+            errors("rutes:\n  ssh: {port: 22}\n"),
+            [r#"r.yml: unknown top-level key "rutes" (did you mean "routes"?)"#]
+        );
+        assert_eq!(
+            errors("routes: {}\nversion: 2\n"),
+            [r#"r.yml: unknown top-level key "version" (the only top-level key is "routes")"#]
+        );
+    }
+
+    #[test]
+    fn shape_errors_say_what_was_found() {
+        assert_eq!(
+            errors("routes:\n  ssh: 22\n"),
+            [
+                r#"r.yml: route "ssh": expected a map of fields (port, scheme, ...), found "22"; did you mean `ssh: {port: 22}`?"#
+            ]
+        );
+        assert_eq!(
+            errors("routes:\n  ssh: {port: [22]}\n"),
+            [r#"r.yml: route "ssh": port: expected a single value, found a list"#]
+        );
+        assert_eq!(errors("routes:\n  ssh: {port: 22, host: }\n"), [r#"r.yml: route "ssh": host: no value"#]);
+        assert_eq!(errors("routes:\n  ssh:\n"), [r#"r.yml: route "ssh": no fields; every route needs a port"#]);
+        assert_eq!(
+            errors("routes:\n  ssh: {host: db}\n"),
+            [r#"r.yml: route "ssh": port: missing; every route needs a port (LISTEN:TARGET or TARGET)"#]
+        );
+        assert_eq!(errors("- a\n- b\n"), [r#"r.yml: expected a `routes:` map at the top, found a list"#]);
+        assert_eq!(errors("routes: [ssh]\n"), [r#"r.yml: `routes` must map each alias to its fields, found a list"#]);
+    }
+
+    #[test]
+    fn whole_route_checks_name_the_route_once() {
+        assert_eq!(
+            errors("routes:\n  dns: {scheme: udp6, bind: 0.0.0.0, port: 53}\n"),
+            [r#"r.yml: route "dns": bind "0.0.0.0": scheme udp6 but bind address 0.0.0.0 is IPv4"#]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error_not_an_empty_route_set() {
+        for text in ["", "\n", "# only a comment\n"] {
+            assert_eq!(
+                errors(text),
+                ["r.yml: the file is empty; write `routes: {}` for a file with no routes"],
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_syntax_errors_carry_the_line() {
+        let e = errors("routes:\n  ssh:\n    port: 22\n   host: x\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("r.yml: invalid YAML: "), "{}", e[0]);
+        assert!(e[0].contains("line 4"), "{}", e[0]);
+    }
+
+    #[test]
+    fn duplicate_aliases_are_an_error() {
+        let e = errors("routes:\n  ssh: {port: 1}\n  ssh: {port: 2}\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("duplicate"), "{}", e[0]);
+    }
+
+    #[test]
+    fn the_readme_field_table_is_generated_from_the_grammar() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let (start, end) = ("<!-- fields:start -->\n", "<!-- fields:end -->");
+        let from = readme.find(start).expect("README has the fields:start marker") + start.len();
+        let to = readme.find(end).expect("README has the fields:end marker");
+        let mut want = String::from("| Field | Default | What it does |\n| --- | --- | --- |\n");
+        for f in fields::FIELDS {
+            want.push_str(&format!("| `{}` | {} | {} |\n", f.name, f.default, f.help));
+        }
+        if std::env::var_os("UPDATE_README").is_some() {
+            let updated = format!("{}{want}{}", &readme[..from], &readme[to..]);
+            std::fs::write(path, updated).expect("write README.md");
+            return;
+        }
+        assert_eq!(
+            &readme[from..to],
+            want,
+            "README.md's field table is out of date; rerun with UPDATE_README=1 to rewrite it as:\n{want}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let loaded = load(Path::new("/nonexistent/routes.yml"));
+        assert_eq!(loaded.errors.len(), 1);
+        let e = loaded.errors[0].to_string();
+        assert!(e.starts_with("/nonexistent/routes.yml: cannot read the file: "), "{e}");
+    }
+}

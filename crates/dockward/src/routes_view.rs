@@ -1,0 +1,356 @@
+//! What `dockward routes` and `GET /routes` show: one [`RouteRow`] per route or provider
+//! error, as JSON or as a table.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use proxy_core::{Protocol, RouteState, RouteStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::providers::ProviderError;
+
+/// One line of `dockward routes`: a route in the table, or an input that did not become one.
+///
+/// This is the JSON contract of `GET /routes` and `dockward routes --json`; fields are only
+/// ever added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    /// The route's alias; `null` for an error about a whole input (a file that is not YAML).
+    pub alias: Option<String>,
+    /// `tcp` or `udp`; `null` for a provider error.
+    pub protocol: Option<Protocol>,
+    /// The scheme as written: `tcp`, `udp4`, ...; `null` for a provider error.
+    pub scheme: Option<String>,
+    /// The address actually bound while listening (with the OS-picked port), else the one asked for.
+    pub listen: Option<String>,
+    /// Where connections go, as `host:port`.
+    pub targets: Vec<String>,
+    /// Each target's health and connections, in `targets` order, while listening.
+    #[serde(default)]
+    pub target_health: Vec<TargetHealth>,
+    /// Where the route came from: a file path or a container name.
+    pub source: String,
+    /// `listening`, `error` or `conflict`.
+    pub state: String,
+    /// Why the route is not listening; `null` while it is.
+    pub error: Option<String>,
+    /// TCP connections or UDP sessions open now.
+    pub connections_active: u64,
+    /// TCP connections or UDP sessions opened since the route started.
+    pub connections_total: u64,
+    /// Bytes from clients to targets.
+    pub bytes_in: u64,
+    /// Bytes from targets to clients.
+    pub bytes_out: u64,
+    /// Datagrams from clients to targets (UDP).
+    pub datagrams_in: u64,
+    /// Datagrams from targets to clients (UDP).
+    pub datagrams_out: u64,
+    /// Dials that reached no target.
+    pub dial_errors: u64,
+    /// Clients turned away by `max_connections` or a hook.
+    pub rejected: u64,
+    /// UDP sessions evicted at `max_udp_sessions`.
+    pub evicted: u64,
+    /// UDP datagrams dropped.
+    pub dropped: u64,
+    /// The latest error seen on the data path (a failed dial), even while listening.
+    pub last_error: Option<String>,
+    /// When the route entered the table (RFC 3339, UTC); `null` for a provider error.
+    pub since: Option<String>,
+    /// Seconds since `since`, when the answer was made.
+    pub age_seconds: Option<u64>,
+}
+
+/// One target of a listening route, as `GET /routes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    /// The target as `host:port`.
+    pub target: String,
+    /// False while it is marked down (a failed dial or health check).
+    pub healthy: bool,
+    /// TCP connections or UDP sessions open on it now.
+    pub active: u64,
+    /// TCP connections or UDP sessions opened on it.
+    pub total: u64,
+    /// Failures in a row; 0 once it answers again.
+    pub failures: u64,
+    /// The latest failure, kept after it recovers.
+    pub last_error: Option<String>,
+}
+
+impl RouteRow {
+    /// The row of a route in the table, as of `now`.
+    pub fn from_status(status: &RouteStatus, now: SystemTime) -> Self {
+        let spec = &status.spec;
+        let s = &status.stats;
+        RouteRow {
+            alias: Some(spec.alias.clone()),
+            protocol: Some(spec.protocol),
+            scheme: Some(spec.scheme().to_string()),
+            listen: Some(status.bound.unwrap_or(spec.listen).to_string()),
+            targets: spec.targets.iter().map(|t| t.to_string()).collect(),
+            target_health: status
+                .targets
+                .iter()
+                .map(|t| TargetHealth {
+                    target: t.target.to_string(),
+                    healthy: t.healthy,
+                    active: t.active,
+                    total: t.total,
+                    failures: t.failures,
+                    last_error: t.last_error.clone(),
+                })
+                .collect(),
+            source: spec.source.clone(),
+            state: status.state.name().to_string(),
+            error: status.state.message(),
+            connections_active: s.active,
+            connections_total: s.total,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            datagrams_in: s.datagrams_in,
+            datagrams_out: s.datagrams_out,
+            dial_errors: s.dial_errors,
+            rejected: s.rejected,
+            evicted: s.evicted,
+            dropped: s.dropped,
+            last_error: s.last_error.clone(),
+            since: Some(humantime::format_rfc3339_seconds(status.since).to_string()),
+            age_seconds: Some(now.duration_since(status.since).unwrap_or_default().as_secs()),
+        }
+    }
+
+    /// The row of an input that did not become a route.
+    pub fn from_error(error: &ProviderError) -> Self {
+        RouteRow {
+            alias: error.alias.clone(),
+            protocol: None,
+            scheme: None,
+            listen: None,
+            targets: Vec::new(),
+            target_health: Vec::new(),
+            source: error.source.clone(),
+            state: RouteState::Error { message: String::new() }.name().to_string(),
+            error: Some(error.message.clone()),
+            connections_active: 0,
+            connections_total: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            datagrams_in: 0,
+            datagrams_out: 0,
+            dial_errors: 0,
+            rejected: 0,
+            evicted: 0,
+            dropped: 0,
+            last_error: None,
+            since: None,
+            age_seconds: None,
+        }
+    }
+}
+
+/// Every row: routes in the table and provider errors, by source, then alias.
+pub fn rows(statuses: &[RouteStatus], errors: &[ProviderError], now: SystemTime) -> Vec<RouteRow> {
+    let mut rows: Vec<RouteRow> = statuses.iter().map(|s| RouteRow::from_status(s, now)).collect();
+    rows.extend(errors.iter().map(RouteRow::from_error));
+    // Stable: a route's error row stays right after the route it did not replace.
+    rows.sort_by(|a, b| (&a.source, &a.alias).cmp(&(&b.source, &b.alias)));
+    rows
+}
+
+/// Renders rows as the `dockward routes` table, header included, one line per row.
+pub fn render_table(rows: &[RouteRow]) -> String {
+    let header = ["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "STATE", "CONNS", "IN", "OUT", "AGE"];
+    let dash = || "-".to_string();
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let state = match &r.error {
+                Some(e) => format!("{}: {e}", r.state),
+                None => r.state.clone(),
+            };
+            let is_route = r.protocol.is_some();
+            vec![
+                r.alias.clone().unwrap_or_else(dash),
+                r.scheme.clone().unwrap_or_else(dash),
+                r.listen.clone().unwrap_or_else(dash),
+                if r.targets.is_empty() { dash() } else { targets_cell(r) },
+                r.source.clone(),
+                state,
+                if is_route { format!("{}/{}", r.connections_active, r.connections_total) } else { dash() },
+                if is_route { human_bytes(r.bytes_in) } else { dash() },
+                if is_route { human_bytes(r.bytes_out) } else { dash() },
+                r.age_seconds.map(human_age).unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for line in std::iter::once(&header).chain(&lines) {
+        let mut text = String::new();
+        for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let _ = write!(text, "{cell:<w$}");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The targets, each marked `(down)` while it is marked unhealthy.
+fn targets_cell(row: &RouteRow) -> String {
+    let down = |t: &String| row.target_health.iter().any(|h| &h.target == t && !h.healthy);
+    let cells: Vec<String> =
+        row.targets.iter().map(|t| if down(t) { format!("{t}(down)") } else { t.clone() }).collect();
+    cells.join(",")
+}
+
+/// `0 B`, `512 B`, `1.5 KiB`, `12.0 MiB`: bytes in binary units with one decimal.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `42s`, `5m`, `3h`, `2d`: the largest whole unit of an age in seconds.
+pub fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proxy_core::{RouteId, RouteSpec, StatsSnapshot, Target, TargetStatus};
+
+    use super::*;
+
+    fn status(alias: &str, state: RouteState) -> RouteStatus {
+        let spec =
+            RouteSpec::new(alias, Protocol::Tcp, "127.0.0.1:0".parse().unwrap(), vec![Target::new("127.0.0.1", 22)])
+                .with_source("r.yml");
+        RouteStatus {
+            bound: (state == RouteState::Listening).then(|| "127.0.0.1:40022".parse().unwrap()),
+            spec,
+            state,
+            since: SystemTime::UNIX_EPOCH,
+            stats: StatsSnapshot { active: 1, total: 3, bytes_in: 1536, bytes_out: 5, ..Default::default() },
+            targets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_listening_route_shows_its_bound_address_and_counters() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(125);
+        let row = RouteRow::from_status(&status("ssh", RouteState::Listening), now);
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["alias"], "ssh");
+        assert_eq!(json["protocol"], "tcp");
+        assert_eq!(json["listen"], "127.0.0.1:40022");
+        assert_eq!(json["targets"], serde_json::json!(["127.0.0.1:22"]));
+        assert_eq!(json["source"], "r.yml");
+        assert_eq!(json["state"], "listening");
+        assert_eq!(json["error"], serde_json::Value::Null);
+        assert_eq!((json["connections_active"].as_u64(), json["connections_total"].as_u64()), (Some(1), Some(3)));
+        assert_eq!((json["bytes_in"].as_u64(), json["bytes_out"].as_u64()), (Some(1536), Some(5)));
+        assert_eq!(json["since"], "1970-01-01T00:00:00Z");
+        assert_eq!(json["age_seconds"], 125);
+        let back: RouteRow = serde_json::from_value(json).unwrap();
+        assert_eq!(back, row);
+    }
+
+    #[test]
+    fn the_table_has_the_documented_columns_and_human_units() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(125);
+        let conflict = RouteState::Conflict {
+            with: RouteId {
+                source: "r.yml".into(),
+                alias: "ssh".into(),
+                protocol: Protocol::Tcp,
+                family: Default::default(),
+                listen: "127.0.0.1:2222".parse().unwrap(),
+            },
+        };
+        let table = render_table(&rows(
+            &[status("ssh", RouteState::Listening), status("ssh2", conflict)],
+            &[ProviderError::route("r.yml", "web", "port \"x\": bad")],
+            now,
+        ));
+        let expected = r#"ALIAS  PROTO  LISTEN           TARGETS       SOURCE  STATE                                                                         CONNS  IN       OUT  AGE
+ssh    tcp    127.0.0.1:40022  127.0.0.1:22  r.yml   listening                                                                     1/3    1.5 KiB  5 B  2m
+ssh2   tcp    127.0.0.1:0      127.0.0.1:22  r.yml   conflict: listen address held by route "ssh" (tcp 127.0.0.1:2222 from r.yml)  1/3    1.5 KiB  5 B  2m
+web    -      -                -             r.yml   error: port "x": bad                                                          -      -        -    -
+"#;
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn targets_marked_down_say_so() {
+        let mut status = status("web", RouteState::Listening);
+        status.spec.targets.push(Target::new("127.0.0.1", 23));
+        status.targets = status
+            .spec
+            .targets
+            .iter()
+            .map(|t| TargetStatus {
+                target: t.clone(),
+                healthy: t.port == 22,
+                active: 0,
+                total: 0,
+                failures: u64::from(t.port != 22),
+                last_error: None,
+            })
+            .collect();
+        let row = RouteRow::from_status(&status, SystemTime::UNIX_EPOCH);
+        assert_eq!(row.target_health[1].failures, 1);
+        assert_eq!(targets_cell(&row), "127.0.0.1:22,127.0.0.1:23(down)");
+    }
+
+    #[test]
+    fn an_empty_list_is_just_the_header() {
+        assert_eq!(render_table(&[]), "ALIAS  PROTO  LISTEN  TARGETS  SOURCE  STATE  CONNS  IN  OUT  AGE\n");
+    }
+
+    #[test]
+    fn whole_file_errors_sort_before_that_file_s_routes() {
+        let now = SystemTime::UNIX_EPOCH;
+        let r = rows(&[status("ssh", RouteState::Listening)], &[ProviderError::whole("r.yml", "bad")], now);
+        assert_eq!(r[0].alias, None);
+        assert_eq!(r[1].alias.as_deref(), Some("ssh"));
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 + 1), "5.0 MiB");
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(60), "1m");
+        assert_eq!(human_age(7200), "2h");
+        assert_eq!(human_age(3 * 86400 + 5), "3d");
+    }
+}
