@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::acl;
+use crate::balance::{Balance, HealthCheck};
 use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 use crate::route::{Family, Protocol, RouteOptions, RouteSpec, Scheme, Target};
 
@@ -31,19 +32,39 @@ pub const FIELDS: &[FieldDoc] = &[
     FieldDoc {
         name: "port",
         default: "required",
-        help: "`LISTEN:TARGET` (`2222:22`), or `TARGET` alone to let the OS pick the listen port",
+        help: "`LISTEN:TARGET` (`2222:22`), `TARGET` alone to let the OS pick the listen port, or two ranges \
+               of equal length (`27015-27020:27015-27020`, at most 1000 ports) to forward each port of the \
+               first to the same position in the second",
     },
     FieldDoc {
         name: "scheme",
         default: "tcp",
-        help: "`tcp`, `udp`, or `tcp4`/`tcp6`/`udp4`/`udp6` to force the IP family",
+        help: "`tcp`, `udp`, or `tcp4`/`tcp6`/`udp4`/`udp6` to force the IP family; `tcp+udp` \
+               (`tcp4+udp4`, `tcp6+udp6`) forwards both on the same listen port, which must then be explicit",
     },
     FieldDoc { name: "bind", default: "0.0.0.0 (:: for tcp6/udp6)", help: "IP address to listen on" },
     FieldDoc {
         name: "host",
         default: "container address (labels), 127.0.0.1 (file)",
-        help: "target host name or IP; names are resolved at every dial",
+        help: "target host name or IP, or several separated by commas (balanced like replicas); names are \
+               resolved at every dial",
     },
+    FieldDoc {
+        name: "balance",
+        default: "round_robin",
+        help: "how new connections (UDP: sessions) spread over several targets, from replicas sharing the alias \
+               and listen port or from a `host` list: `round_robin`, `least_conn` (fewest open), or `ip_hash` \
+               (a client IP stays on one target while it is healthy). A target that refuses or times out is \
+               skipped for 1s, doubling up to 30s, then one connection retries it",
+    },
+    FieldDoc {
+        name: "health_check",
+        default: "off",
+        help: "`tcp`: connect to every target each `health_interval` and skip those that fail until they pass \
+               (TCP routes; with `tcp+udp` the TCP route is checked)",
+    },
+    FieldDoc { name: "health_interval", default: "10s", help: "time between two active health checks" },
+    FieldDoc { name: "health_timeout", default: "2s", help: "how long one active health check may take" },
     FieldDoc { name: "connect_timeout", default: "5s", help: "how long dialling a target may take" },
     FieldDoc {
         name: "tcp_idle_timeout",
@@ -163,17 +184,34 @@ pub fn unknown_field(field: &str, value: &str) -> FieldError {
     err(field, value, reason)
 }
 
-/// Listen and target ports as written in `port`.
+/// Listen and target ports as written in `port`: one pair, or two ranges of equal length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortSpec {
-    /// The listen port; 0 lets the OS pick.
+    /// The (first) listen port; 0 lets the OS pick.
     pub listen: u16,
-    /// The target port.
+    /// The (first) target port.
     pub target: u16,
+    /// How many consecutive ports from `listen` forward to as many from `target`: 1 for a
+    /// single port, at most [`PortSpec::MAX_RANGE`].
+    pub count: u16,
 }
 
 impl PortSpec {
-    /// Parses `LISTEN:TARGET` or `TARGET`.
+    /// Most ports one `port` range may forward, so a typo cannot open 60,000 sockets.
+    pub const MAX_RANGE: u16 = 1000;
+
+    /// One listen port forwarding to one target port (listen 0: OS-picked).
+    pub fn single(listen: u16, target: u16) -> Self {
+        PortSpec { listen, target, count: 1 }
+    }
+
+    /// Each `(listen, target)` pair: listen port N forwards to target port N - listen + target.
+    pub fn pairs(&self) -> impl Iterator<Item = (u16, u16)> + use<> {
+        let PortSpec { listen, target, count } = *self;
+        (0..count).map(move |i| (listen.saturating_add(i), target.saturating_add(i)))
+    }
+
+    /// Parses `LISTEN:TARGET`, `TARGET`, or `FIRST-LAST:FIRST-LAST`.
     pub fn parse(value: &str) -> Result<PortSpec, FieldError> {
         let v = value.trim();
         let parts: Vec<&str> = v.split(':').collect();
@@ -197,14 +235,156 @@ impl PortSpec {
                 _ => Err(err("port", value, format!("{s} is not a port (1-65535)"))),
             }
         };
-        match parts.as_slice() {
-            [target] => Ok(PortSpec { listen: 0, target: number(target, "target", false)? }),
-            [listen, target] => {
-                Ok(PortSpec { listen: number(listen, "listen", true)?, target: number(target, "target", false)? })
+        // One side of `port`: a number, or `FIRST-LAST` when both ends are digits (anything
+        // else, such as `-1`, is read as one number and rejected as such).
+        let side = |s: &str, what: &str, zero_ok: bool| -> Result<Side, FieldError> {
+            let s = s.trim();
+            let digits = |x: &str| !x.trim().is_empty() && x.trim().bytes().all(|b| b.is_ascii_digit());
+            let Some((a, b)) = s.split_once('-').filter(|(a, b)| digits(a) && digits(b)) else {
+                return Ok(Side::One(number(s, what, zero_ok)?));
+            };
+            let (first, last) = (number(a, what, false)?, number(b, what, false)?);
+            if first > last {
+                return Err(err("port", value, format!("port range {s} is reversed; write {last}-{first}")));
             }
+            let len = last - first + 1;
+            if len > Self::MAX_RANGE {
+                return Err(err("port", value, format!("port range {s} has {len} ports; at most {}", Self::MAX_RANGE)));
+            }
+            Ok(Side::Range { first, len })
+        };
+        let mismatch = |reason: String| Err(err("port", value, reason));
+        match parts.as_slice() {
+            [target] => match side(target, "target", false)? {
+                Side::One(target) => Ok(PortSpec::single(0, target)),
+                Side::Range { .. } => {
+                    let t = target.trim();
+                    mismatch(format!(
+                        "a port range needs its listen side too, e.g. {t}:{t} (the OS picks single ports only)"
+                    ))
+                }
+            },
+            [l, t] => match (side(l, "listen", true)?, side(t, "target", false)?) {
+                (Side::One(listen), Side::One(target)) => Ok(PortSpec::single(listen, target)),
+                (Side::Range { first: listen, len }, Side::Range { first: target, len: target_len })
+                    if len == target_len =>
+                {
+                    Ok(PortSpec { listen, target, count: len })
+                }
+                (Side::Range { len, .. }, Side::Range { len: target_len, .. }) => mismatch(format!(
+                    "the listen range {} has {len} ports but the target range {} has {target_len}; they must be the same length",
+                    l.trim(),
+                    t.trim()
+                )),
+                (Side::Range { len, .. }, Side::One(_)) => mismatch(format!(
+                    "the listen range {} has {len} ports but the target is one port; give a target range of {len} ports",
+                    l.trim()
+                )),
+                (Side::One(_), Side::Range { len, .. }) => mismatch(format!(
+                    "the target range {} has {len} ports but the listen side is one port; give a listen range of {len} ports",
+                    t.trim()
+                )),
+            },
             _ => Err(err("port", value, "too many ':'; expected LISTEN:TARGET or TARGET")),
         }
     }
+}
+
+/// One side of a `port` value.
+enum Side {
+    /// A single port.
+    One(u16),
+    /// `first-last`: `len` ports from `first`.
+    Range {
+        /// The first port.
+        first: u16,
+        /// How many ports.
+        len: u16,
+    },
+}
+
+impl fmt::Display for PortSpec {
+    /// As it would be written: `2222:22`, `22` (OS-picked listen port), `100-104:200-204`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = |first: u16| first.saturating_add(self.count.saturating_sub(1));
+        match (self.listen, self.count) {
+            (0, _) => write!(f, "{}", self.target),
+            (_, 0 | 1) => write!(f, "{}:{}", self.listen, self.target),
+            _ => write!(f, "{}-{}:{}-{}", self.listen, end(self.listen), self.target, end(self.target)),
+        }
+    }
+}
+
+/// A `scheme` as written: one transport, or TCP and UDP on the same port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemeSpec {
+    /// `tcp`, `udp`, `tcp4`, `tcp6`, `udp4`, `udp6`: one route per port.
+    One(Scheme),
+    /// `tcp+udp`, `tcp4+udp4`, `tcp6+udp6`: a TCP and a UDP route per port.
+    TcpAndUdp(Family),
+}
+
+impl SchemeSpec {
+    /// Every scheme name the `scheme` field accepts.
+    pub const NAMES: [&'static str; 9] =
+        ["tcp", "udp", "tcp4", "tcp6", "udp4", "udp6", "tcp+udp", "tcp4+udp4", "tcp6+udp6"];
+
+    /// The family constraint.
+    pub fn family(self) -> Family {
+        match self {
+            SchemeSpec::One(s) => s.family,
+            SchemeSpec::TcpAndUdp(family) => family,
+        }
+    }
+
+    /// The protocols it forwards, TCP first.
+    pub fn protocols(self) -> &'static [Protocol] {
+        match self {
+            SchemeSpec::One(Scheme { protocol: Protocol::Tcp, .. }) => &[Protocol::Tcp],
+            SchemeSpec::One(Scheme { protocol: Protocol::Udp, .. }) => &[Protocol::Udp],
+            SchemeSpec::TcpAndUdp(_) => &[Protocol::Tcp, Protocol::Udp],
+        }
+    }
+
+    /// Parses a scheme name (lowercase).
+    fn parse(name: &str) -> Option<SchemeSpec> {
+        match name {
+            "tcp+udp" => Some(SchemeSpec::TcpAndUdp(Family::Any)),
+            "tcp4+udp4" => Some(SchemeSpec::TcpAndUdp(Family::V4)),
+            "tcp6+udp6" => Some(SchemeSpec::TcpAndUdp(Family::V6)),
+            other => other.parse::<Scheme>().ok().map(SchemeSpec::One),
+        }
+    }
+}
+
+impl fmt::Display for SchemeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemeSpec::One(s) => s.fmt(f),
+            SchemeSpec::TcpAndUdp(Family::Any) => f.write_str("tcp+udp"),
+            SchemeSpec::TcpAndUdp(Family::V4) => f.write_str("tcp4+udp4"),
+            SchemeSpec::TcpAndUdp(Family::V6) => f.write_str("tcp6+udp6"),
+        }
+    }
+}
+
+/// Parses `host`: one host name or IP, or several separated by commas and/or spaces
+/// (IPv6 addresses may be bracketed). Duplicates are dropped.
+fn parse_hosts(field: &str, value: &str) -> Result<Vec<String>, FieldError> {
+    let mut hosts: Vec<String> = Vec::new();
+    for entry in value.split(|c: char| c == ',' || c.is_whitespace()).filter(|e| !e.is_empty()) {
+        let host = entry.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(err(field, value, format!("{entry:?} is not a host name or IP address")));
+        }
+        if !hosts.iter().any(|h| h == host) {
+            hosts.push(host.to_string());
+        }
+    }
+    if hosts.is_empty() {
+        return Err(err(field, value, "expected a host name or IP address"));
+    }
+    Ok(hosts)
 }
 
 /// Parses a duration such as `5s`, `250ms`, `5m` or `1h30m`.
@@ -255,6 +435,10 @@ fn option_text(options: &RouteOptions, field: &str) -> String {
         "proxy_protocol_timeout" => duration(options.proxy_protocol_timeout),
         "max_connections" => options.max_connections.to_string(),
         "max_udp_sessions" => options.max_udp_sessions.to_string(),
+        "balance" => options.balance.as_str().to_string(),
+        "health_check" => options.health_check.as_str().to_string(),
+        "health_interval" => duration(options.health_interval),
+        "health_timeout" => duration(options.health_timeout),
         _ => String::new(),
     }
 }
@@ -265,11 +449,11 @@ pub struct RouteDraft {
     /// The route's alias.
     pub alias: String,
     /// `scheme`, if set.
-    pub scheme: Option<Scheme>,
+    pub scheme: Option<SchemeSpec>,
     /// `bind`, if set.
     pub bind: Option<IpAddr>,
-    /// `host`, if set.
-    pub host: Option<String>,
+    /// `host`, if set: one host, or several to balance over.
+    pub host: Option<Vec<String>>,
     /// `port`, if set.
     pub port: Option<PortSpec>,
     /// Options, defaults unless set.
@@ -291,9 +475,9 @@ impl RouteDraft {
         match field {
             "port" => self.port = Some(PortSpec::parse(v)?),
             "scheme" => {
-                let scheme = v.to_ascii_lowercase().parse::<Scheme>().map_err(|_| {
-                    let mut reason = format!("unknown scheme; expected one of {}", Scheme::NAMES.join(", "));
-                    if let Some(hint) = did_you_mean(v, Scheme::NAMES) {
+                let scheme = SchemeSpec::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
+                    let mut reason = format!("unknown scheme; expected one of {}", SchemeSpec::NAMES.join(", "));
+                    if let Some(hint) = did_you_mean(v, SchemeSpec::NAMES) {
                         reason = format!("unknown scheme (did you mean {hint:?}?)");
                     }
                     err(field, value, reason)
@@ -304,12 +488,7 @@ impl RouteDraft {
                 let ip = v.trim_start_matches('[').trim_end_matches(']');
                 self.bind = Some(ip.parse().map_err(|_| err(field, value, "not an IP address"))?);
             }
-            "host" => {
-                if v.is_empty() || v.contains(char::is_whitespace) || v.contains('/') {
-                    return Err(err(field, value, "expected a host name or IP address"));
-                }
-                self.host = Some(v.trim_start_matches('[').trim_end_matches(']').to_string());
-            }
+            "host" => self.host = Some(parse_hosts(field, value)?),
             "connect_timeout" => {
                 let d = parse_duration(field, value)?;
                 if d.is_zero() {
@@ -364,6 +543,29 @@ impl RouteDraft {
                 }
                 self.options.proxy_protocol_timeout = d;
             }
+            "balance" => {
+                self.options.balance = v.parse::<Balance>().map_err(|reason| {
+                    let names = Balance::NAMES;
+                    match did_you_mean(v, names) {
+                        Some(hint) => err(field, value, format!("unknown strategy (did you mean {hint:?}?)")),
+                        None => err(field, value, format!("unknown strategy; {reason}")),
+                    }
+                })?
+            }
+            "health_check" => {
+                self.options.health_check = v.parse::<HealthCheck>().map_err(|reason| err(field, value, reason))?
+            }
+            "health_interval" | "health_timeout" => {
+                let d = parse_duration(field, value)?;
+                if d.is_zero() {
+                    return Err(err(field, value, "must be more than 0"));
+                }
+                if field == "health_interval" {
+                    self.options.health_interval = d;
+                } else {
+                    self.options.health_timeout = d;
+                }
+            }
             _ => return Err(unknown_field(field, value)),
         }
         Ok(())
@@ -375,15 +577,34 @@ impl RouteDraft {
     }
 
     /// Builds the routes this draft describes; `default_host` is used when `host` is unset.
+    ///
+    /// One spec per listen port and protocol: `tcp+udp` gives a TCP and a UDP spec on the
+    /// same port, a port range one spec per port, all with the same alias. Every host of a
+    /// `host` list is a target of each.
     pub fn build(&self, source: &str, default_host: &str) -> Result<Vec<RouteSpec>, FieldError> {
         let port = self.port.ok_or_else(|| err("port", "", "missing; every route needs a port"))?;
-        let scheme = self.scheme.unwrap_or(Scheme { protocol: Protocol::Tcp, family: Family::Any });
-        let bind = match (self.bind, scheme.family) {
+        let scheme = self.scheme.unwrap_or(SchemeSpec::One(Scheme { protocol: Protocol::Tcp, family: Family::Any }));
+        if matches!(scheme, SchemeSpec::TcpAndUdp(_)) && port.listen == 0 {
+            return Err(err(
+                "port",
+                &port.to_string(),
+                format!(
+                    "{scheme} needs an explicit listen port (LISTEN:TARGET, e.g. {t}:{t}): with an OS-picked \
+                     port TCP and UDP would each get a different one",
+                    t = port.target
+                ),
+            ));
+        }
+        let family = scheme.family();
+        let bind = match (self.bind, family) {
             (Some(ip), _) => ip,
             (None, Family::V6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             (None, _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
-        let host = self.host.as_deref().unwrap_or(default_host);
+        let hosts: Vec<&str> = match &self.host {
+            Some(hosts) => hosts.iter().map(String::as_str).collect(),
+            None => vec![default_host],
+        };
         let mut options = self.options.clone();
         if self.relay_proxy_protocol_header == Some(true) {
             if options.proxy_protocol == Some(ProxyVersion::V1) {
@@ -395,21 +616,32 @@ impl RouteDraft {
             }
             options.proxy_protocol = Some(ProxyVersion::V2);
         }
-        options.check(scheme.protocol).map_err(|e| err(e.field, &option_text(&options, e.field), e.reason))?;
-        let spec = RouteSpec::new(
-            self.alias.clone(),
-            scheme.protocol,
-            SocketAddr::new(bind, port.listen),
-            vec![Target::new(host, port.target)],
-        )
-        .with_source(source)
-        .with_family(scheme.family)
-        .with_options(options);
-        spec.validate().map_err(|e| {
-            let value = self.bind.map(|b| b.to_string()).unwrap_or_default();
-            err("bind", &value, e.to_string())
-        })?;
-        Ok(vec![spec])
+        // Each protocol's options: with tcp+udp, the active check is the TCP route's.
+        let mut per_protocol = Vec::with_capacity(2);
+        for &protocol in scheme.protocols() {
+            let mut options = options.clone();
+            if protocol == Protocol::Udp && matches!(scheme, SchemeSpec::TcpAndUdp(_)) {
+                options.health_check = HealthCheck::Off;
+            }
+            options.check(protocol).map_err(|e| err(e.field, &option_text(&options, e.field), e.reason))?;
+            per_protocol.push((protocol, options));
+        }
+        let mut specs = Vec::with_capacity(usize::from(port.count) * per_protocol.len());
+        for (listen, target) in port.pairs() {
+            for (protocol, options) in &per_protocol {
+                let targets = hosts.iter().map(|h| Target::new(*h, target)).collect();
+                let spec = RouteSpec::new(self.alias.clone(), *protocol, SocketAddr::new(bind, listen), targets)
+                    .with_source(source)
+                    .with_family(family)
+                    .with_options(options.clone());
+                spec.validate().map_err(|e| {
+                    let value = self.bind.map(|b| b.to_string()).unwrap_or_default();
+                    err("bind", &value, e.to_string())
+                })?;
+                specs.push(spec);
+            }
+        }
+        Ok(specs)
     }
 }
 
@@ -427,9 +659,9 @@ mod tests {
 
     #[test]
     fn port_forms() {
-        assert_eq!(PortSpec::parse("2222:22").unwrap(), PortSpec { listen: 2222, target: 22 });
-        assert_eq!(PortSpec::parse("22").unwrap(), PortSpec { listen: 0, target: 22 });
-        assert_eq!(PortSpec::parse("0:22").unwrap(), PortSpec { listen: 0, target: 22 });
+        assert_eq!(PortSpec::parse("2222:22").unwrap(), PortSpec::single(2222, 22));
+        assert_eq!(PortSpec::parse("22").unwrap(), PortSpec::single(0, 22));
+        assert_eq!(PortSpec::parse("0:22").unwrap(), PortSpec::single(0, 22));
         let cases = [
             ("22:22:22", "too many ':'"),
             ("abc", "\"abc\" is not a port number"),
@@ -443,6 +675,135 @@ mod tests {
             assert!(e.contains(want), "{input}: {e}");
             assert!(e.starts_with(&format!("port {input:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn port_ranges_pair_each_listen_port_with_the_target_port_at_the_same_position() {
+        let p = PortSpec::parse("27015-27020:27015-27020").unwrap();
+        assert_eq!(p, PortSpec { listen: 27015, target: 27015, count: 6 });
+        let p = PortSpec::parse(" 8000-8002 : 9000-9002 ").unwrap();
+        assert_eq!(p.pairs().collect::<Vec<_>>(), vec![(8000, 9000), (8001, 9001), (8002, 9002)]);
+        assert_eq!(p.to_string(), "8000-8002:9000-9002");
+        assert_eq!(PortSpec::parse("5-5:6-6").unwrap(), PortSpec::single(5, 6), "a range of one is one port");
+        let p = PortSpec::parse("1-1000:1-1000").unwrap();
+        assert_eq!(p.count, PortSpec::MAX_RANGE, "the cap itself is allowed");
+        let cases = [
+            (
+                "27015-27020:27015-27019",
+                "the listen range 27015-27020 has 6 ports but the target range 27015-27019 has 5; \
+                 they must be the same length",
+            ),
+            ("1-60000:1-60000", "port range 1-60000 has 60000 ports; at most 1000"),
+            ("20-10:20-10", "port range 20-10 is reversed; write 10-20"),
+            ("27015-27020", "a port range needs its listen side too, e.g. 27015-27020:27015-27020"),
+            (
+                "100-104:80",
+                "the listen range 100-104 has 5 ports but the target is one port; give a target range of 5 ports",
+            ),
+            ("80:100-104", "the target range 100-104 has 5 ports but the listen side is one port"),
+            ("0-4:100-104", "the listen port cannot be 0"),
+            ("1-70000:1-70000", "70000 is not a port (1-65535)"),
+            ("1-2-3:1-2", "\"1-2-3\" is not a port number"),
+        ];
+        for (input, want) in cases {
+            let e = PortSpec::parse(input).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("port {input:?}: ")), "{e}");
+            assert!(e.contains(want), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_port_range_builds_one_route_per_port_and_tcp_udp_two_per_port() {
+        let d = draft(&[("port", "7000-7002:8000-8002"), ("scheme", "tcp+udp"), ("host", "a, b")]).unwrap();
+        let specs = d.build("f.yml", "x").unwrap();
+        let got: Vec<(Protocol, u16, Vec<String>)> = specs
+            .iter()
+            .map(|s| (s.protocol, s.listen.port(), s.targets.iter().map(|t| t.to_string()).collect()))
+            .collect();
+        let t = |port: u16| vec![format!("a:{port}"), format!("b:{port}")];
+        assert_eq!(
+            got,
+            vec![
+                (Protocol::Tcp, 7000, t(8000)),
+                (Protocol::Udp, 7000, t(8000)),
+                (Protocol::Tcp, 7001, t(8001)),
+                (Protocol::Udp, 7001, t(8001)),
+                (Protocol::Tcp, 7002, t(8002)),
+                (Protocol::Udp, 7002, t(8002)),
+            ]
+        );
+        assert!(specs.iter().all(|s| s.alias == "ssh" && s.source == "f.yml"));
+    }
+
+    #[test]
+    fn tcp_udp_schemes_force_the_family_and_need_an_explicit_listen_port() {
+        let specs = draft(&[("port", "53:53"), ("scheme", "tcp6+udp6")]).unwrap().build("x", "::1").unwrap();
+        assert_eq!(specs.len(), 2);
+        assert!(specs.iter().all(|s| s.family == Family::V6 && s.listen == "[::]:53".parse().unwrap()));
+        assert_eq!(specs[0].scheme().to_string(), "tcp6");
+        assert_eq!(specs[1].scheme().to_string(), "udp6");
+        let e = draft(&[("port", "53"), ("scheme", "tcp+udp")]).unwrap().build("x", "db").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "port \"53\": tcp+udp needs an explicit listen port (LISTEN:TARGET, e.g. 53:53): with an OS-picked \
+             port TCP and UDP would each get a different one"
+        );
+        let e = draft(&[("scheme", "tcp+udpp")]).unwrap_err().to_string();
+        assert_eq!(e, "scheme \"tcp+udpp\": unknown scheme (did you mean \"tcp+udp\"?)");
+        assert_eq!(SchemeSpec::parse("tcp4+udp4").map(|s| s.to_string()).as_deref(), Some("tcp4+udp4"));
+    }
+
+    #[test]
+    fn balance_and_health_fields_parse_and_are_checked() {
+        let d = draft(&[
+            ("port", "1:2"),
+            ("balance", "least_conn"),
+            ("health_check", "tcp"),
+            ("health_interval", "3s"),
+            ("health_timeout", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(d.options.balance, Balance::LeastConn);
+        assert_eq!(d.options.health_check, HealthCheck::Tcp);
+        assert_eq!(d.options.health_interval, Duration::from_secs(3));
+        assert_eq!(d.options.health_timeout, Duration::from_millis(500));
+        assert!(d.build("x", "db").is_ok());
+
+        let e = draft(&[("balance", "least_con")]).unwrap_err().to_string();
+        assert_eq!(e, "balance \"least_con\": unknown strategy (did you mean \"least_conn\"?)");
+        let e = draft(&[("balance", "random")]).unwrap_err().to_string();
+        assert_eq!(e, "balance \"random\": unknown strategy; expected one of round_robin, least_conn, ip_hash");
+        let e = draft(&[("health_check", "http")]).unwrap_err().to_string();
+        assert_eq!(e, "health_check \"http\": expected tcp or off");
+        assert!(draft(&[("health_interval", "0s")]).is_err());
+        assert!(draft(&[("health_timeout", "2")]).unwrap_err().to_string().contains("needs a unit"));
+
+        // UDP has no generic check; tcp+udp checks its TCP route only.
+        let e = draft(&[("port", "53:53"), ("scheme", "udp"), ("health_check", "tcp")])
+            .unwrap()
+            .build("x", "db")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("health_check \"tcp\": health_check tcp is for TCP routes"), "{e}");
+        let specs = draft(&[("port", "53:53"), ("scheme", "tcp+udp"), ("health_check", "tcp")])
+            .unwrap()
+            .build("x", "db")
+            .unwrap();
+        assert_eq!(
+            (specs[0].options.health_check, specs[1].options.health_check),
+            (HealthCheck::Tcp, HealthCheck::Off)
+        );
+    }
+
+    #[test]
+    fn host_takes_a_list_of_targets() {
+        let d = draft(&[("port", "5432:5432"), ("host", "db-1, db-2 [::1],db-1")]).unwrap();
+        let spec = &d.build("x", "unused").unwrap()[0];
+        let want = vec![Target::new("db-1", 5432), Target::new("db-2", 5432), Target::new("::1", 5432)];
+        assert_eq!(spec.targets, want, "in order, without duplicates");
+        assert!(draft(&[("host", " , ")]).is_err());
+        let e = draft(&[("host", "a, 10.0.0.0/8")]).unwrap_err().to_string();
+        assert_eq!(e, "host \"a, 10.0.0.0/8\": \"10.0.0.0/8\" is not a host name or IP address");
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! to [`RouteTable::apply`]; the table diffs it against what runs and touches only what
 //! changed. The crate knows nothing of Docker or files.
 //!
+//! Specs with the same alias, protocol and listen port (replicas of one service) are one
+//! route balanced over all their targets ([`Balance`]), with passive health and an
+//! optional active check ([`HealthCheck`]); [`RouteStatus::targets`] reports each target.
+//!
 //! ```no_run
 //! use proxy_core::{Protocol, RouteSpec, RouteTable, Target};
 //! # async fn demo() {
@@ -19,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+mod balance;
 mod error;
 pub mod fields;
 mod forward;
@@ -29,10 +34,11 @@ mod stats;
 mod table;
 
 pub use acl::Acl;
+pub use balance::{Balance, HealthCheck};
 pub use error::{DialError, RouteError};
 pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
 pub use ipnet::IpNet;
 pub use proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use route::{Family, OptionError, Protocol, RouteId, RouteOptions, RouteSpec, Scheme, Target};
-pub use stats::{RouteState, RouteStats, RouteStatus, StatsSnapshot};
+pub use stats::{RouteState, RouteStats, RouteStatus, StatsSnapshot, TargetStatus};
 pub use table::{ApplyReport, RouteTable};

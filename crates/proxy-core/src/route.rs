@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::balance::{Balance, HealthCheck};
 use crate::error::RouteError;
 use crate::hooks::Hooks;
 use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
@@ -194,6 +195,15 @@ pub struct RouteOptions {
     pub trusted: Vec<IpNet>,
     /// How long a trusted peer has to send its whole PROXY header. Default 5 s.
     pub proxy_protocol_timeout: Duration,
+    /// How new connections and sessions are spread over the targets. Default round robin.
+    pub balance: Balance,
+    /// Whether the targets are checked actively (TCP routes only). Default off: only
+    /// failed dials mark a target down.
+    pub health_check: HealthCheck,
+    /// Time between two active checks of a target. Default 10 s.
+    pub health_interval: Duration,
+    /// How long one active check may take to connect. Default 2 s.
+    pub health_timeout: Duration,
 }
 
 impl RouteOptions {
@@ -207,6 +217,10 @@ impl RouteOptions {
     pub const DEFAULT_MAX_UDP_SESSIONS: u32 = 16384;
     /// Default for [`RouteOptions::proxy_protocol_timeout`].
     pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = crate::proxy_protocol::DEFAULT_TIMEOUT;
+    /// Default for [`RouteOptions::health_interval`].
+    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default for [`RouteOptions::health_timeout`].
+    pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
     /// Checks the options of a route of `protocol`, naming the field at fault.
     ///
@@ -225,12 +239,20 @@ impl RouteOptions {
         if self.proxy_protocol_timeout.is_zero() {
             return fail("proxy_protocol_timeout", "proxy_protocol_timeout must be more than 0");
         }
+        if self.health_interval.is_zero() {
+            return fail("health_interval", "health_interval must be more than 0");
+        }
+        if self.health_timeout.is_zero() {
+            return fail("health_timeout", "health_timeout must be more than 0");
+        }
         let durations = [
             ("connect_timeout", Some(self.connect_timeout)),
             ("tcp_idle_timeout", self.tcp_idle_timeout),
             ("udp_idle_timeout", Some(self.udp_idle_timeout)),
             ("drain_grace", Some(self.drain_grace)),
             ("proxy_protocol_timeout", Some(self.proxy_protocol_timeout)),
+            ("health_interval", Some(self.health_interval)),
+            ("health_timeout", Some(self.health_timeout)),
         ];
         for (name, d) in durations {
             if d.is_some_and(|d| d > RouteOptions::MAX_DURATION) {
@@ -244,6 +266,14 @@ impl RouteOptions {
             return fail(
                 "proxy_protocol",
                 "proxy_protocol v1 is a text header for TCP streams; UDP routes send v2 (in front of every datagram)",
+            );
+        }
+        if protocol == Protocol::Udp && self.health_check == HealthCheck::Tcp {
+            return fail(
+                "health_check",
+                "health_check tcp is for TCP routes: a UDP service need not answer an arbitrary datagram, so \
+                 there is no generic UDP check (UDP targets are still marked down by ICMP port-unreachable \
+                 reports); remove health_check, or use scheme tcp+udp, whose TCP route is checked",
             );
         }
         match (self.accept_proxy_protocol, self.trusted.is_empty()) {
@@ -300,15 +330,22 @@ impl Default for RouteOptions {
             accept_proxy_protocol: None,
             trusted: Vec::new(),
             proxy_protocol_timeout: Self::DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+            balance: Balance::default(),
+            health_check: HealthCheck::default(),
+            health_interval: Self::DEFAULT_HEALTH_INTERVAL,
+            health_timeout: Self::DEFAULT_HEALTH_TIMEOUT,
         }
     }
 }
 
 /// One route as a provider wants it.
 ///
-/// Its identity in the table is [`RouteSpec::id`]: source, alias, protocol, family and the
-/// requested listen address. Two specs with the same id and different targets, options or
-/// hooks are the same route, updated in place; a different id is another route.
+/// Its identity in the table is [`RouteSpec::id`]: alias, protocol, family and the requested
+/// listen address (and the source too when the listen port is 0). Two specs with the same id
+/// and different targets, options or hooks are the same route, updated in place; a
+/// different id is another route. Specs with the same id given to one
+/// [`RouteTable::apply`](crate::RouteTable::apply) (replicas of one service) are merged
+/// into one route over all their targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteSpec {
     /// The route's name, as users wrote it (`ssh`, `dns`).
@@ -323,7 +360,9 @@ pub struct RouteSpec {
     pub family: Family,
     /// The address to bind; port 0 lets the OS pick, and the bound address is reported.
     pub listen: SocketAddr,
-    /// Where to forward to; tried in order until one answers.
+    /// Where to forward to. Each new connection or session picks one by
+    /// [`RouteOptions::balance`]; a TCP connection whose pick does not answer tries the next
+    /// healthy one.
     pub targets: Vec<Target>,
     /// Tunables.
     #[serde(default)]
@@ -377,10 +416,10 @@ impl RouteSpec {
         Scheme { protocol: self.protocol, family: self.family }
     }
 
-    /// The route's identity in the table.
+    /// The route's identity in the table; see [`RouteId`].
     pub fn id(&self) -> RouteId {
         RouteId {
-            source: self.source.clone(),
+            source: if self.listen.port() == 0 { self.source.clone() } else { String::new() },
             alias: self.alias.clone(),
             protocol: self.protocol,
             family: self.family,
@@ -423,9 +462,16 @@ impl RouteSpec {
 }
 
 /// The identity of a route in the table; see [`RouteSpec::id`].
+///
+/// A route with an explicit listen port is identified by alias, protocol, family and
+/// listen address, *not* by its source: the replicas of one service (containers of
+/// `docker compose up --scale app=3`, each declaring the same alias and port) are one
+/// route whose targets are all of theirs, and replicas coming and going update it in
+/// place. A route on port 0 also has its source in its id, since each such route gets
+/// its own OS-picked port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RouteId {
-    /// Where it came from.
+    /// Where it came from, for a route on port 0; empty for a route with a listen port.
     pub source: String,
     /// Its name.
     pub alias: String,
@@ -480,6 +526,17 @@ mod tests {
         let denied = spec.clone().with_options(options);
         assert_eq!(spec.id(), denied.id(), "same route");
         assert_ne!(spec, denied, "so apply updates it in place");
+    }
+
+    #[test]
+    fn the_source_is_part_of_the_id_only_on_an_os_picked_port() {
+        let at = |listen: &str, source: &str| {
+            RouteSpec::new("app", Protocol::Tcp, listen.parse().unwrap(), vec![Target::new("h", 80)])
+                .with_source(source)
+        };
+        assert_eq!(at("0.0.0.0:8080", "app-1").id(), at("0.0.0.0:8080", "app-2").id(), "replicas share a route");
+        assert_eq!(at("0.0.0.0:8080", "app-1").id().source, "");
+        assert_ne!(at("0.0.0.0:0", "app-1").id(), at("0.0.0.0:0", "app-2").id(), "each gets its own port");
     }
 
     #[test]

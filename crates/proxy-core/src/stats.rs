@@ -167,6 +167,28 @@ pub struct RouteStatus {
     pub since: SystemTime,
     /// Its counters.
     pub stats: StatsSnapshot,
+    /// Every target with its health and connections, in the spec's order, while the
+    /// route is listening; empty otherwise.
+    #[serde(default)]
+    pub targets: Vec<TargetStatus>,
+}
+
+/// What a listening route knows about one of its targets; see [`RouteStatus::targets`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// The target.
+    pub target: Target,
+    /// False while the target is marked down (a failed dial or health check), until it
+    /// answers again.
+    pub healthy: bool,
+    /// TCP connections or UDP sessions open on it now.
+    pub active: u64,
+    /// TCP connections or UDP sessions opened on it since it joined the route.
+    pub total: u64,
+    /// Failures in a row (dials, health checks, ICMP reports); 0 once it answers again.
+    pub failures: u64,
+    /// The latest failure, kept after it recovers.
+    pub last_error: Option<String>,
 }
 
 impl RouteStatus {
@@ -175,8 +197,8 @@ impl RouteStatus {
         self.spec.id()
     }
 
-    /// The route's targets.
-    pub fn targets(&self) -> &[Target] {
+    /// The route's targets as specified; the `targets` field has their health.
+    pub fn spec_targets(&self) -> &[Target] {
         &self.spec.targets
     }
 }

@@ -1,7 +1,7 @@
 //! The route table: `apply(desired)` diffs what providers want against what runs and
 //! touches only what changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::acl::{Acl, display_nets};
+use crate::balance::Backoff;
 use crate::error::RouteError;
 use crate::forward::{self, Live, RouteCtx};
 use crate::route::{Family, Protocol, RouteId, RouteSpec};
@@ -58,6 +59,8 @@ pub struct RouteTable {
     /// The port the OS last picked for each port-0 route, so a route that goes and comes
     /// back (a restarted container) gets the same port when it is still free.
     picked_ports: Mutex<PickedPorts>,
+    /// How long a failed target is skipped; see [`RouteTable::with_target_backoff`].
+    backoff: Backoff,
 }
 
 /// Remembered OS-picked ports, bounded so route churn cannot grow it without end.
@@ -133,7 +136,17 @@ impl RouteTable {
             next_seq: std::sync::atomic::AtomicU64::new(0),
             global_acl: Mutex::new(Arc::new(Acl::open())),
             picked_ports: Mutex::new(PickedPorts::default()),
+            backoff: Backoff::default(),
         }
+    }
+
+    /// The same table with another passive-health backoff: a target that fails is skipped
+    /// for `base`, doubling with each further failure up to `max` (default 1 s and 30 s).
+    /// For tests, which need a backoff long enough not to pass by itself.
+    #[doc(hidden)]
+    pub fn with_target_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff = Backoff { base, max: max.max(base) };
+        self
     }
 
     /// An empty table whose routes all apply `acl` besides their own; see
@@ -173,7 +186,13 @@ impl RouteTable {
         }
         for entry in entries.values() {
             if let Some(running) = &entry.running {
-                running.live.send_replace(Arc::new(Live::from_spec(&entry.spec, acl.clone())));
+                let previous = running.live.borrow().clone();
+                running.live.send_replace(Arc::new(Live::from_spec(
+                    &entry.spec,
+                    acl.clone(),
+                    Some(&previous),
+                    self.backoff,
+                )));
             }
         }
         info!(allow = %display_nets(acl.allow()), deny = %display_nets(acl.deny()), action = "global_acl", "global ACL set");
@@ -198,9 +217,15 @@ impl RouteTable {
 
     /// Makes the running routes match `desired`.
     ///
+    /// - Specs with the same [`RouteId`] are one route (the replicas of a service: same
+    ///   alias, protocol and listen port, from different containers): its targets are the
+    ///   union of theirs in the order given, its source their sources joined with `, `, and
+    ///   its options and hooks those of the first (a WARN names both sources when a later
+    ///   one's differ). Replicas coming and going thus update the route in place.
     /// - A route whose id is unchanged and whose spec is equal is left alone.
     /// - A route whose targets, options or hooks changed is updated in place: the listener
-    ///   stays bound, new clients use the new settings, open ones finish undisturbed.
+    ///   stays bound, new clients use the new settings, open ones finish undisturbed, and
+    ///   the targets that stay keep their health and connection counts.
     /// - A route no longer desired stops listening at once; its open connections close
     ///   after its drain grace.
     /// - A route that is invalid, cannot bind, or whose listen address is held by another
@@ -210,22 +235,9 @@ impl RouteTable {
         let mut report = ApplyReport::default();
 
         // Desired routes in the order given (new routes are aged in that order, so of two
-        // new routes claiming one address the one given first keeps it); first occurrence
-        // of an id wins, later duplicates are reported.
-        let mut ids: BTreeSet<RouteId> = BTreeSet::new();
-        let mut wanted: Vec<(RouteId, RouteSpec)> = Vec::with_capacity(desired.len());
-        let mut duplicates = Vec::new();
-        for spec in desired {
-            let id = spec.id();
-            if ids.insert(id.clone()) {
-                wanted.push((id, spec));
-            } else {
-                duplicates.push(id);
-            }
-        }
-        for id in duplicates {
-            warn!(alias = %id.alias, source = %id.source, action = "duplicate", "route given twice; the first one is used");
-        }
+        // new routes claiming one address the one given first keeps it), replicas merged.
+        let wanted = merge_replicas(desired);
+        let ids: BTreeSet<RouteId> = wanted.iter().map(|(id, _)| id.clone()).collect();
 
         // 1. Stop what is no longer wanted, before anything binds, so freed ports can be taken.
         //    Every removed route is told to stop before the first await, so dropping this
@@ -260,8 +272,14 @@ impl RouteTable {
                         }
                         match (&entry.running, spec.validate()) {
                             (Some(running), Ok(())) => {
-                                running.live.send_replace(Arc::new(Live::from_spec(&spec, self.global())));
-                                info!(protocol = %id.protocol, listen = %running.bound, alias = %id.alias, dst = %forward::dial::display_targets(&spec.targets), action = "update", "route updated in place");
+                                let previous = running.live.borrow().clone();
+                                running.live.send_replace(Arc::new(Live::from_spec(
+                                    &spec,
+                                    self.global(),
+                                    Some(&previous),
+                                    self.backoff,
+                                )));
+                                info!(protocol = %id.protocol, listen = %running.bound, alias = %id.alias, source = %spec.source, dst = %forward::dial::display_targets(&spec.targets), action = "update", "route updated in place");
                                 entry.spec = spec;
                                 report.updated.push(id);
                             }
@@ -311,7 +329,8 @@ impl RouteTable {
                                 entry.state = RouteState::Listening;
                             }
                             let dst = entries.get(&id).map(|e| forward::dial::display_targets(&e.spec.targets));
-                            info!(protocol = %id.protocol, listen = %bound, alias = %id.alias, source = %id.source, dst = dst.unwrap_or_default(), action = "start", "route listening");
+                            let source = entries.get(&id).map(|e| e.spec.source.clone());
+                            info!(protocol = %id.protocol, listen = %bound, alias = %id.alias, source = source.unwrap_or_default(), dst = dst.unwrap_or_default(), action = "start", "route listening");
                             report.started.push(id);
                             continue;
                         }
@@ -356,7 +375,7 @@ impl RouteTable {
         let spec = &entry.spec;
         spec.validate()?;
         let bind_err = |source| RouteError::Bind { protocol: spec.protocol, addr: spec.listen, source };
-        let (live, live_rx) = watch::channel(Arc::new(Live::from_spec(spec, self.global())));
+        let (live, live_rx) = watch::channel(Arc::new(Live::from_spec(spec, self.global(), None, self.backoff)));
         let stop_accepting = CancellationToken::new();
         let close_conns = self.root().child_token();
         let tracker = TaskTracker::new();
@@ -383,6 +402,8 @@ impl RouteTable {
                 let listener = bind_preferring(spec.listen, remembered, |addr| forward::bind::tcp(addr, spec.family))
                     .map_err(bind_err)?;
                 let bound = listener.local_addr().map_err(bind_err)?;
+                // Idle while the route's health_check is off; ends when the route stops accepting.
+                tracker.spawn(forward::health::run(make_ctx(bound)));
                 (bound, tracker.spawn(forward::tcp::serve(listener, make_ctx(bound))))
             }
             Protocol::Udp => {
@@ -443,6 +464,7 @@ impl RouteTable {
                 state: e.state.clone(),
                 since: e.since,
                 stats: e.stats.snapshot(),
+                targets: e.running.as_ref().map(|r| r.live.borrow().targets.status()).unwrap_or_default(),
             })
             .collect()
     }
@@ -498,6 +520,44 @@ impl Drop for RouteTable {
     }
 }
 
+/// The desired specs by id, in the order each id was first given, with the specs of one
+/// id merged into one route; see [`RouteTable::apply`].
+fn merge_replicas(desired: Vec<RouteSpec>) -> Vec<(RouteId, RouteSpec)> {
+    let mut index: HashMap<RouteId, usize> = HashMap::with_capacity(desired.len());
+    let mut merged: Vec<(RouteId, RouteSpec, Vec<String>)> = Vec::with_capacity(desired.len());
+    for spec in desired {
+        let id = spec.id();
+        let Some(&i) = index.get(&id) else {
+            index.insert(id.clone(), merged.len());
+            let sources = if spec.source.is_empty() { Vec::new() } else { vec![spec.source.clone()] };
+            merged.push((id, spec, sources));
+            continue;
+        };
+        let (_, first, sources) = &mut merged[i];
+        if spec.options != first.options || spec.hooks != first.hooks {
+            let first_source = sources.first().map(String::as_str).unwrap_or_default();
+            warn!(protocol = %id.protocol, listen = %id.listen, alias = %id.alias, source = %first_source, other = %spec.source, action = "merge", "replicas of one route disagree on its options; the first one's are used");
+        }
+        for target in spec.targets {
+            if !first.targets.contains(&target) {
+                first.targets.push(target);
+            }
+        }
+        if !spec.source.is_empty() && !sources.contains(&spec.source) {
+            sources.push(spec.source);
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(id, mut spec, sources)| {
+            if sources.len() > 1 {
+                spec.source = sources.join(", ");
+            }
+            (id, spec)
+        })
+        .collect()
+}
+
 /// Binds `listen`, first on `remembered`'s port when there is one.
 fn bind_preferring<T>(
     listen: SocketAddr,
@@ -525,5 +585,44 @@ fn overlaps((a, af): (SocketAddr, Family), (b, bf): (SocketAddr, Family)) -> boo
         // A dual-stack [::] listener also takes the IPv4 port.
         (SocketAddr::V6(x), SocketAddr::V4(_)) => x.ip().is_unspecified() && af != Family::V6,
         (SocketAddr::V4(_), SocketAddr::V6(y)) => y.ip().is_unspecified() && bf != Family::V6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{RouteOptions, Target};
+
+    fn replica(source: &str, listen: &str, host: &str) -> RouteSpec {
+        RouteSpec::new("app", Protocol::Tcp, listen.parse().unwrap(), vec![Target::new(host, 80)]).with_source(source)
+    }
+
+    #[test]
+    fn replicas_on_one_listen_port_merge_into_one_route_over_all_their_targets() {
+        let mut slow = replica("app-3", "0.0.0.0:8080", "10.0.0.3");
+        slow.options = RouteOptions { connect_timeout: Duration::from_secs(1), ..Default::default() };
+        let merged = merge_replicas(vec![
+            replica("app-1", "0.0.0.0:8080", "10.0.0.1"),
+            replica("app-2", "0.0.0.0:8080", "10.0.0.2"),
+            replica("app-2", "0.0.0.0:8080", "10.0.0.1"),
+            slow,
+            replica("app-1", "0.0.0.0:9090", "10.0.0.1"),
+        ]);
+        assert_eq!(merged.len(), 2, "one route per listen port");
+        let (id, spec) = &merged[0];
+        assert_eq!(id.source, "", "the source is not part of an explicit port's id");
+        assert_eq!(spec.source, "app-1, app-2, app-3");
+        let hosts: Vec<&str> = spec.targets.iter().map(|t| t.host.as_str()).collect();
+        assert_eq!(hosts, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "union in first-seen order, no duplicate");
+        assert_eq!(spec.options, RouteOptions::default(), "the first replica's options");
+        assert_eq!(merged[1].1.source, "app-1");
+    }
+
+    #[test]
+    fn routes_on_os_picked_ports_stay_one_per_source() {
+        let merged =
+            merge_replicas(vec![replica("app-1", "0.0.0.0:0", "10.0.0.1"), replica("app-2", "0.0.0.0:0", "10.0.0.2")]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!((merged[0].0.source.as_str(), merged[1].0.source.as_str()), ("app-1", "app-2"));
     }
 }

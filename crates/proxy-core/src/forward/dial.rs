@@ -1,10 +1,13 @@
-//! Resolving targets at dial time and connecting to the first that answers.
+//! Resolving targets at dial time and connecting to the one the route's strategy picks,
+//! moving on to the next when it does not answer.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::{TcpStream, UdpSocket, lookup_host};
+use tokio::time::Instant;
 
+use crate::balance::{Lease, TargetSet, Try};
 use crate::error::DialError;
 use crate::route::Target;
 
@@ -28,51 +31,100 @@ pub(crate) async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialErro
     Ok(addrs)
 }
 
-/// Connects to the first target (and the first of its addresses) that accepts; the error
-/// is the last failure seen.
+/// Connects to one target: the first of its addresses that accepts.
 ///
-/// `timeout` bounds each step on its own: resolving one target's name, and connecting to one
-/// of its addresses. A resolver that hangs therefore costs one timeout, not the client.
-pub(crate) async fn tcp(targets: &[Target], timeout: Duration) -> Result<(TcpStream, SocketAddr), DialError> {
+/// `timeout` bounds each step on its own: resolving the name, and connecting to one of its
+/// addresses. A resolver that hangs therefore costs one timeout, not the client.
+pub(crate) async fn tcp_target(target: &Target, timeout: Duration) -> Result<(TcpStream, SocketAddr), DialError> {
+    let addrs = match tokio::time::timeout(timeout, resolve(target)).await {
+        Ok(resolved) => resolved?,
+        Err(_) => return Err(DialError::Timeout { target: target.clone(), timeout }),
+    };
     let mut last = None;
-    for target in targets {
-        let resolved = match tokio::time::timeout(timeout, resolve(target)).await {
-            Ok(resolved) => resolved,
-            Err(_) => Err(DialError::Timeout { target: target.clone(), timeout }),
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok((stream, addr)),
+            Ok(Err(source)) => last = Some(DialError::Connect { target: target.clone(), addr, source }),
+            Err(_) => last = Some(DialError::Timeout { target: target.clone(), timeout }),
+        }
+    }
+    Err(last.unwrap_or_else(|| DialError::NoAddress { target: target.clone() }))
+}
+
+/// Connects a client from `client` to a target of `set`: the strategy's pick first, then
+/// the next healthy ones, then (everything having failed) those marked down. Each failure
+/// marks its target down; a success marks it up. The error is the last failure seen.
+///
+/// The [`Lease`] counts the connection on its target for as long as it is held.
+pub(crate) async fn tcp(
+    set: &TargetSet,
+    client: IpAddr,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr, Lease), DialError> {
+    let mut last = None;
+    // Targets due for a probe that another connection is probing: tried last.
+    let mut deferred = Vec::new();
+    for (index, how) in set.plan(client, Instant::now(), true) {
+        let member = &set.members()[index];
+        let claim = match how {
+            Try::Probe => match member.claim_probe() {
+                Some(claim) => Some(claim),
+                None => {
+                    deferred.push(index);
+                    continue;
+                }
+            },
+            Try::Healthy | Try::Fallback => None,
         };
-        let addrs = match resolved {
-            Ok(addrs) => addrs,
-            Err(e) => {
-                last = Some(e);
-                continue;
+        match tcp_target(member.target(), timeout).await {
+            Ok((stream, addr)) => {
+                set.succeeded(member);
+                return Ok((stream, addr, Lease::new(member.clone())));
             }
-        };
-        for addr in addrs {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok((stream, addr)),
-                Ok(Err(source)) => last = Some(DialError::Connect { target: target.clone(), addr, source }),
-                Err(_) => last = Some(DialError::Timeout { target: target.clone(), timeout }),
+            Err(e) => {
+                set.failed(member, &e.to_string(), claim.is_some());
+                last = Some(e);
+            }
+        }
+    }
+    for index in deferred {
+        let member = &set.members()[index];
+        match tcp_target(member.target(), timeout).await {
+            Ok((stream, addr)) => {
+                set.succeeded(member);
+                return Ok((stream, addr, Lease::new(member.clone())));
+            }
+            Err(e) => {
+                set.failed(member, &e.to_string(), false);
+                last = Some(e);
             }
         }
     }
     Err(last.unwrap_or_else(|| DialError::Refused("route has no target".into())))
 }
 
-/// A UDP socket connected to the first target that resolves.
-pub(crate) async fn udp(targets: &[Target]) -> Result<(UdpSocket, SocketAddr), DialError> {
+/// A UDP socket connected to the target of `set` picked for a client from `client` (the
+/// next one if its name does not resolve), with the lease counting the session on it.
+///
+/// A UDP "connect" sends nothing, so a dial cannot tell a live target from a dead one:
+/// only a name that does not resolve marks a target down here.
+pub(crate) async fn udp(set: &TargetSet, client: IpAddr) -> Result<(UdpSocket, SocketAddr, Lease), DialError> {
     let mut last = None;
-    for target in targets {
-        let addrs = match resolve(target).await {
+    for (index, _) in set.plan(client, Instant::now(), false) {
+        let member = &set.members()[index];
+        let addrs = match resolve(member.target()).await {
             Ok(addrs) => addrs,
             Err(e) => {
+                set.failed(member, &e.to_string(), false);
                 last = Some(e);
                 continue;
             }
         };
         for addr in addrs {
             match udp_connect(addr).await {
-                Ok(socket) => return Ok((socket, addr)),
-                Err(source) => last = Some(DialError::Connect { target: target.clone(), addr, source }),
+                Ok(socket) => return Ok((socket, addr, Lease::new(member.clone()))),
+                // A local failure (no socket left): not the target's fault.
+                Err(source) => last = Some(DialError::Connect { target: member.target().clone(), addr, source }),
             }
         }
     }

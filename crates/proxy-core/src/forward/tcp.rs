@@ -172,16 +172,18 @@ async fn connection(
     }
     let dialled = tokio::select! {
         _ = ctx.close_conns.cancelled() => return,
-        dialled = dial::tcp(&live.targets, live.options.connect_timeout) => dialled,
+        dialled = dial::tcp(&live.targets, peer.ip(), live.options.connect_timeout) => dialled,
     };
-    let (upstream, dst) = match dialled {
+    // The lease counts this connection on its target (least_conn, status) until it ends.
+    let (upstream, dst, _lease) = match dialled {
         Ok(ok) => ok,
         Err(e) => {
             RouteStats::add(&ctx.stats.dial_errors, 1);
             ctx.stats.set_last_error(e.to_string());
             // DEBUG like every per-connection event: a dead target must not turn each client
-            // into a WARN line. The error is in the route's stats (dial_errors, last_error).
-            debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %dial::display_targets(&live.targets), action = "dial_error", error = %e, "no target answered");
+            // into a WARN line. The error is in the route's stats (dial_errors, last_error);
+            // a target going down is logged once, by the target set.
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", error = %e, "no target answered");
             return;
         }
     };

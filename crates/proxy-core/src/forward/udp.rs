@@ -20,6 +20,16 @@
 //! ([`PENDING_MAX_DATAGRAMS`] per session, [`PENDING_MAX_BYTES`] per route; beyond it they
 //! are dropped and counted). The queue is flushed in order once the socket is ready.
 //!
+//! # Targets
+//!
+//! A new session picks its target by the route's `balance` strategy (see
+//! [`crate::Balance`]) and keeps it for its life: with `ip_hash`, every session of one client
+//! IP goes to the same target. UDP has no handshake to fail, so passive health is read from
+//! the session's socket: an ICMP port-unreachable report marks the target down (new
+//! sessions avoid it for the backoff; the session itself stays, in case the target comes
+//! back) and a reply marks it up. Each open session is counted on its target (`least_conn`,
+//! status) until it leaves the table.
+//!
 //! # Idle timeout
 //!
 //! A session ends after `udp_idle_timeout` without a datagram in *either* direction. The
@@ -75,6 +85,7 @@ use tracing::{debug, error, trace, warn};
 
 use super::mmsg::{self, RecvBatch};
 use super::{Live, RouteCtx, dial};
+use crate::balance::{Lease, Member};
 use crate::error::DialError;
 use crate::hooks::Direction;
 use crate::stats::RouteStats;
@@ -199,8 +210,9 @@ enum Event {
         peer: SocketAddr,
         /// The session's id, to ignore news about a session already gone.
         id: u64,
-        /// The connected upstream socket and its address, or why there is none.
-        result: Result<(UdpSocket, SocketAddr), DialError>,
+        /// The connected upstream socket, its address and the lease on its target, or why
+        /// there is none.
+        result: Result<(UdpSocket, SocketAddr, Lease), DialError>,
     },
     /// A relay ended (idle, evicted or closing); the session leaves the table if still there.
     Ended {
@@ -376,6 +388,8 @@ enum State {
         upstream: Arc<UdpSocket>,
         /// The target's address.
         dst: SocketAddr,
+        /// Counts the session on its target until the session leaves the table.
+        lease: Lease,
     },
 }
 
@@ -469,13 +483,13 @@ impl Sessions {
         self.next_id += 1;
         let activity = Arc::new(Activity::new(now));
         let cancel = ctx.close_conns.child_token();
-        let state = if live.targets.iter().all(|t| t.ip_addr().is_some()) {
+        let state = if live.targets.members().iter().all(|m| m.target().ip_addr().is_some()) {
             // IP literals only: dial::udp makes no lookup, so this completes without waiting.
-            match dial::udp(&live.targets).await {
-                Ok((upstream, dst)) => {
+            match dial::udp(&live.targets, peer.ip()).await {
+                Ok((upstream, dst, lease)) => {
                     let upstream = Arc::new(upstream);
                     self.route.send_upstream(&upstream, &live, peer, data).await;
-                    State::Open { upstream, dst }
+                    State::Open { upstream, dst, lease }
                 }
                 Err(e) => {
                     self.dial_failed(peer, &e, 1);
@@ -507,7 +521,7 @@ impl Sessions {
     fn opened(&mut self, peer: SocketAddr) {
         self.dial_failing = false;
         let Some(session) = self.map.get(&peer) else { return };
-        let State::Open { upstream, dst } = &session.state else { return };
+        let State::Open { upstream, dst, lease } = &session.state else { return };
         let route = &self.route;
         RouteStats::add(&route.ctx.stats.total, 1);
         RouteStats::add(&route.ctx.stats.active, 1);
@@ -518,6 +532,7 @@ impl Sessions {
             upstream: upstream.clone(),
             peer,
             dst: *dst,
+            target: lease.member().clone(),
             id: session.id,
             live: session.live.clone(),
             activity: session.activity.clone(),
@@ -542,13 +557,18 @@ impl Sessions {
 
     /// Opens a dialling session whose socket is ready (flushing its queue in order), or
     /// drops it when the dial failed. A session evicted meanwhile is not revived.
-    async fn on_dialled(&mut self, peer: SocketAddr, id: u64, result: Result<(UdpSocket, SocketAddr), DialError>) {
+    async fn on_dialled(
+        &mut self,
+        peer: SocketAddr,
+        id: u64,
+        result: Result<(UdpSocket, SocketAddr, Lease), DialError>,
+    ) {
         let Some(session) = self.map.get_mut(&peer).filter(|s| s.id == id) else { return };
         match result {
-            Ok((upstream, dst)) => {
+            Ok((upstream, dst, lease)) => {
                 let upstream = Arc::new(upstream);
                 let State::Dialling { queue } =
-                    std::mem::replace(&mut session.state, State::Open { upstream: upstream.clone(), dst })
+                    std::mem::replace(&mut session.state, State::Open { upstream: upstream.clone(), dst, lease })
                 else {
                     return;
                 };
@@ -575,9 +595,9 @@ impl Sessions {
         // Every datagram of a client without a session retries the dial: warn once per run
         // of failures rather than once per datagram.
         if self.dial_failing {
-            debug!(protocol = "udp", listen = %ctx.listen, %peer, dst = ?ctx.current().targets, action = "dial_error", error = %e, "no target");
+            debug!(protocol = "udp", listen = %ctx.listen, %peer, dst = %ctx.current().targets.display(), action = "dial_error", error = %e, "no target");
         } else {
-            warn!(protocol = "udp", listen = %ctx.listen, %peer, dst = ?ctx.current().targets, action = "dial_error", error = %e, "no target");
+            warn!(protocol = "udp", listen = %ctx.listen, %peer, dst = %ctx.current().targets.display(), action = "dial_error", error = %e, "no target");
         }
         self.dial_failing = true;
     }
@@ -682,10 +702,10 @@ async fn setup(
     let timeout = live.options.connect_timeout;
     let result = tokio::select! {
         _ = cancel.cancelled() => return,
-        dialled = tokio::time::timeout(timeout, dial::udp(&live.targets)) => match dialled {
+        dialled = tokio::time::timeout(timeout, dial::udp(&live.targets, peer.ip())) => match dialled {
             Ok(result) => result,
-            Err(_) => Err(match live.targets.first() {
-                Some(target) => DialError::Timeout { target: target.clone(), timeout },
+            Err(_) => Err(match live.targets.members().first() {
+                Some(member) => DialError::Timeout { target: member.target().clone(), timeout },
                 None => DialError::Refused("route has no target".into()),
             }),
         },
@@ -706,6 +726,8 @@ struct Relay {
     peer: SocketAddr,
     /// The target's address.
     dst: SocketAddr,
+    /// The target's shared state: an ICMP port-unreachable marks it down, a reply up.
+    target: Arc<Member>,
     /// The session's id.
     id: u64,
     /// The route's settings when the session opened.
@@ -807,8 +829,12 @@ impl Relay {
                     }
                 }
                 Relayed::Failed(e) if is_icmp_report(&e) => {
-                    // The target's port is closed (for now): the report is consumed, the session stays.
+                    // The target's port is closed (for now): the report is consumed, the session
+                    // stays (the target may come back), but new sessions avoid the target for a while.
                     trace!(protocol = "udp", peer = %self.peer, dst = %self.dst, error = %e, "ICMP report from target");
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        self.live.targets.failed(&self.target, &e.to_string(), false);
+                    }
                 }
                 Relayed::Failed(e) => return Err(e),
             }
@@ -826,6 +852,7 @@ impl Relay {
         };
         // The session's own relay is the only one that closes it, so this cannot fail here.
         self.activity.touch(self.clock.now());
+        self.live.targets.succeeded(&self.target);
         if let Some(hook) = &self.live.hooks.on_read {
             for i in 0..n {
                 hook.on_read(&self.ctx.conn_info(self.peer), Direction::TargetToClient, batch.data(i));
