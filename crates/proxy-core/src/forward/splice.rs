@@ -5,15 +5,20 @@
 //! is sound. Pipes come from a small process-wide pool and are borrowed only while bytes are
 //! in flight: an idle connection holds no pipe, no buffer, and no extra descriptors.
 //!
-//! [`copy`] reports [`Spliced::Unsupported`] when the kernel refuses splice on these sockets
+//! [`SpliceBoth`] reports [`Spliced::Unsupported`] when the kernel refuses splice on these sockets
 //! before any byte moved (EINVAL, ENOSYS), so the caller can fall back to a buffered copy.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::hooks::Direction;
 
 /// How many bytes one splice call may move: the default pipe capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
@@ -100,47 +105,138 @@ fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP))
 }
 
-/// Copies `from` → `to` through a pooled pipe until `from` sends FIN; `on_bytes` is called
-/// with each count that reached `to`. The caller forwards the half-close.
-pub(crate) async fn copy(from: &TcpStream, to: &TcpStream, mut on_bytes: impl FnMut(usize)) -> io::Result<Spliced> {
-    let mut moved_any = false;
-    loop {
-        from.readable().await?;
-        // Borrow a pipe only now that bytes are waiting.
-        let pipe = Pipe::take()?;
-        let mut in_pipe = 0usize;
-        let result = async {
-            loop {
-                let n =
-                    match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
-                        Ok(0) => return Ok(true),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                        Err(e) => return Err(e),
-                    };
-                in_pipe += n;
-                moved_any = true;
-                while in_pipe > 0 {
-                    match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), in_pipe)) {
-                        Ok(sent) => {
-                            in_pipe -= sent;
-                            on_bytes(sent);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-                        Err(e) => return Err(e),
-                    }
+/// One direction of a spliced connection.
+#[derive(Default)]
+struct Half {
+    /// Borrowed from the pool while bytes sit in it, or read readiness is being used up.
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet written out.
+    in_pipe: usize,
+    /// The source sent FIN; once the pipe is empty the half-close is forwarded.
+    eof: bool,
+    /// FIN forwarded: this direction is finished.
+    done: bool,
+}
+
+/// Both directions of one connection, spliced, as one small hand-written future.
+///
+/// It waits with `poll_read_ready`/`poll_write_ready`, which keep the waker in the socket's
+/// own slot, so the future itself is a few words per direction: an idle connection costs
+/// its task and its two socket registrations, no buffer, no pipe.
+///
+/// When `from` sends FIN, writing toward the other side is shut down once every byte got
+/// there (the half-close is forwarded) and the other direction keeps flowing. Resolves when
+/// both directions are finished, or with the first error (a reset ends both).
+pub(crate) struct SpliceBoth<'a, F> {
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    /// `[client → upstream, upstream → client]`.
+    halves: [Half; 2],
+    moved_any: bool,
+    on_bytes: F,
+}
+
+impl<'a, F: FnMut(Direction, usize) + Unpin> SpliceBoth<'a, F> {
+    /// Splices `client` ⇄ `upstream`; `on_bytes` is told each count that reached its side.
+    pub(crate) fn new(client: &'a TcpStream, upstream: &'a TcpStream, on_bytes: F) -> Self {
+        SpliceBoth { client, upstream, halves: Default::default(), moved_any: false, on_bytes }
+    }
+}
+
+/// What a direction's poll ended on.
+enum Step {
+    /// Waiting for readiness (a waker is registered) or finished.
+    Parked,
+    /// The kernel refused splice on these sockets.
+    Unsupported,
+}
+
+impl<F: FnMut(Direction, usize) + Unpin> Future for SpliceBoth<'_, F> {
+    type Output = io::Result<Spliced>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        for (i, direction) in [Direction::ClientToTarget, Direction::TargetToClient].into_iter().enumerate() {
+            let (from, to) = match direction {
+                Direction::ClientToTarget => (this.client, this.upstream),
+                Direction::TargetToClient => (this.upstream, this.client),
+            };
+            match poll_half(&mut this.halves[i], from, to, cx, &mut this.moved_any, |n| (this.on_bytes)(direction, n)) {
+                Ok(Step::Parked) => {}
+                Ok(Step::Unsupported) if !this.moved_any => return Poll::Ready(Ok(Spliced::Unsupported)),
+                Ok(Step::Unsupported) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, "splice refused mid-stream")));
                 }
-                // Readiness waits do not spend the task's budget; without this a busy
-                // direction could starve its sibling, the idle timer and route removal.
-                tokio::task::coop::consume_budget().await;
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        .await;
-        pipe.give_back(in_pipe == 0);
-        match result {
-            Ok(true) => return Ok(Spliced::Eof),
-            Ok(false) => continue,
-            Err(e) if !moved_any && unsupported(&e) => return Ok(Spliced::Unsupported),
+        if this.halves.iter().all(|h| h.done) { Poll::Ready(Ok(Spliced::Eof)) } else { Poll::Pending }
+    }
+}
+
+/// Moves what one direction can move now; returns once it must wait (a waker is then
+/// registered by the `poll_*_ready` call that said so) or is finished. Tokio's budget is
+/// spent by those calls, so a busy direction yields to the rest of the runtime in time.
+fn poll_half(
+    half: &mut Half,
+    from: &TcpStream,
+    to: &TcpStream,
+    cx: &mut Context<'_>,
+    moved_any: &mut bool,
+    mut on_bytes: impl FnMut(usize),
+) -> io::Result<Step> {
+    loop {
+        if half.done {
+            return Ok(Step::Parked);
+        }
+        // 1. What is in the pipe goes out first.
+        if half.in_pipe > 0 {
+            let Some(pipe) = &half.pipe else { return Err(io::Error::other("bytes in flight without a pipe")) };
+            match to.poll_write_ready(cx) {
+                Poll::Pending => return Ok(Step::Parked),
+                Poll::Ready(r) => r?,
+            }
+            match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), half.in_pipe)) {
+                Ok(sent) => {
+                    half.in_pipe -= sent;
+                    on_bytes(sent);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        // 2. Everything before FIN got there: forward the half-close.
+        if half.eof {
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            half.done = true;
+            if let Some(pipe) = half.pipe.take() {
+                pipe.give_back(true);
+            }
+            return Ok(Step::Parked);
+        }
+        // 3. Read more into the (empty) pipe; an idle direction gives its pipe back.
+        match from.poll_read_ready(cx) {
+            Poll::Pending => {
+                if let Some(pipe) = half.pipe.take() {
+                    pipe.give_back(true);
+                }
+                return Ok(Step::Parked);
+            }
+            Poll::Ready(r) => r?,
+        }
+        let pipe = match &half.pipe {
+            Some(pipe) => pipe,
+            None => half.pipe.insert(Pipe::take()?),
+        };
+        match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
+            Ok(0) => half.eof = true,
+            Ok(n) => {
+                half.in_pipe = n;
+                *moved_any = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if !*moved_any && unsupported(&e) => return Ok(Step::Unsupported),
             Err(e) => return Err(e),
         }
     }

@@ -74,8 +74,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
                 RouteStats::add(&ctx.stats.active, 1);
                 let active = ActiveGuard(ctx.stats.clone());
                 let conn_ctx = ctx.clone();
-                ctx.tracker
-                    .spawn(async move { connection(client, peer, header_expected, live, conn_ctx, active).await });
+                ctx.tracker.spawn(connection(client, peer, header_expected, live, conn_ctx, active));
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, "client gone before accept");
@@ -132,101 +131,158 @@ async fn connection(
     ctx: RouteCtx,
     _active: ActiveGuard,
 ) {
-    // The client, and the address it connected to when a header named one.
-    let mut peer = socket_peer;
-    let mut header_dst = None;
-    // Client bytes read along with the header: forwarded before anything else.
-    let mut early = Vec::new();
-    if header_expected && let Some(mode) = live.options.accept_proxy_protocol {
-        let read = tokio::select! {
-            _ = ctx.close_conns.cancelled() => return,
-            read = proxy_protocol::read_header(&mut client, mode, live.options.proxy_protocol_timeout) => read,
-        };
-        match read {
-            Ok(received) => {
-                if let Some(addresses) = received.header.and_then(|h| h.addresses) {
-                    peer = addresses.source;
-                    header_dst = Some(addresses.destination);
+    // Everything before the copy, boxed: its state (header, hook, dial, header sent on)
+    // is freed once the connection is established, so an open connection's task holds
+    // only what copying needs.
+    let established = Box::pin(async {
+        // The client, and the address it connected to when a header named one.
+        let mut peer = socket_peer;
+        let mut header_dst = None;
+        // Client bytes read along with the header: forwarded before anything else.
+        let mut early = Vec::new();
+        if header_expected && let Some(mode) = live.options.accept_proxy_protocol {
+            let read = tokio::select! {
+                _ = ctx.close_conns.cancelled() => return None,
+                read = Box::pin(proxy_protocol::read_header(&mut client, mode, live.options.proxy_protocol_timeout)) => read,
+            };
+            match read {
+                Ok(received) => {
+                    if let Some(addresses) = received.header.and_then(|h| h.addresses) {
+                        peer = addresses.source;
+                        header_dst = Some(addresses.destination);
+                    }
+                    early = received.rest;
                 }
-                early = received.rest;
+                Err(e) => {
+                    RouteStats::add(&ctx.stats.proxy_header_errors, 1);
+                    debug!(protocol = "tcp", listen = %ctx.listen, peer = %socket_peer, action = "proxy_header_error", error = %e, "no valid PROXY header");
+                    return None;
+                }
             }
+            if let Err((acl, reason)) = live.access.check(peer.ip()) {
+                RouteStats::add(&ctx.stats.denied, 1);
+                debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
+                return None;
+            }
+        }
+        let info = ctx.conn_info(peer);
+        if let Some(hook) = &live.hooks.pre_dial
+            && let Err(reason) = hook.pre_dial(&info)
+        {
+            RouteStats::add(&ctx.stats.rejected, 1);
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
+            return None;
+        }
+        let dialled = tokio::select! {
+            _ = ctx.close_conns.cancelled() => return None,
+            dialled = Box::pin(dial::tcp(&live.targets, peer.ip(), live.options.connect_timeout)) => dialled,
+        };
+        // The lease counts this connection on its target (least_conn, status) until it ends.
+        let (upstream, dst, _lease) = match dialled {
+            Ok(ok) => ok,
             Err(e) => {
-                RouteStats::add(&ctx.stats.proxy_header_errors, 1);
-                debug!(protocol = "tcp", listen = %ctx.listen, peer = %socket_peer, action = "proxy_header_error", error = %e, "no valid PROXY header");
-                return;
+                RouteStats::add(&ctx.stats.dial_errors, 1);
+                ctx.stats.set_last_error(e.to_string());
+                // DEBUG like every per-connection event: a dead target must not turn each client
+                // into a WARN line. The error is in the route's stats (dial_errors, last_error);
+                // a target going down is logged once, by the target set.
+                debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", error = %e, "no target answered");
+                return None;
             }
+        };
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        // What a header sent on names as destination: the accepted header's, else the address
+        // this client connected to (asked of the kernel only when a header is sent).
+        let local = match live.options.proxy_protocol {
+            Some(_) => header_dst.or_else(|| client.local_addr().ok()).unwrap_or(ctx.listen),
+            None => ctx.listen,
+        };
+        if let Err(e) = Box::pin(send_first(&upstream, &live, &ctx, peer, local, &early)).await {
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", error = %e, "writing to the target failed");
+            return None;
         }
-        if let Err((acl, reason)) = live.access.check(peer.ip()) {
-            RouteStats::add(&ctx.stats.denied, 1);
-            debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
-            return;
+        if peer == socket_peer {
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "accept", "connected");
+        } else {
+            debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, %dst, action = "accept", "connected");
         }
-    }
-    let info = ctx.conn_info(peer);
-    if let Some(hook) = &live.hooks.pre_dial
-        && let Err(reason) = hook.pre_dial(&info)
-    {
-        RouteStats::add(&ctx.stats.rejected, 1);
-        debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
-        return;
-    }
-    let dialled = tokio::select! {
-        _ = ctx.close_conns.cancelled() => return,
-        dialled = dial::tcp(&live.targets, peer.ip(), live.options.connect_timeout) => dialled,
-    };
-    // The lease counts this connection on its target (least_conn, status) until it ends.
-    let (upstream, dst, _lease) = match dialled {
-        Ok(ok) => ok,
-        Err(e) => {
-            RouteStats::add(&ctx.stats.dial_errors, 1);
-            ctx.stats.set_last_error(e.to_string());
-            // DEBUG like every per-connection event: a dead target must not turn each client
-            // into a WARN line. The error is in the route's stats (dial_errors, last_error);
-            // a target going down is logged once, by the target set.
-            debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", error = %e, "no target answered");
-            return;
-        }
-    };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    // What a header sent on names as destination: the accepted header's, else the address
-    // this client connected to (asked of the kernel only when a header is sent).
-    let local = match live.options.proxy_protocol {
-        Some(_) => header_dst.or_else(|| client.local_addr().ok()).unwrap_or(ctx.listen),
-        None => ctx.listen,
-    };
-    if let Err(e) = send_first(&upstream, &live, &ctx, peer, local, &early).await {
-        debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", error = %e, "writing to the target failed");
-        return;
-    }
-    if peer == socket_peer {
-        debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "accept", "connected");
-    } else {
-        debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, %dst, action = "accept", "connected");
-    }
 
-    let started = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let pipe = Pipe { ctx: &ctx, live: &live, peer, started, last_activity: &last_activity };
-    // Either direction failing (a reset) ends both; a clean FIN only ends its own. Both
-    // sockets are then closed normally, not with RST: bytes already handed to the kernel
-    // for the surviving peer are still delivered (a server that replies and then resets,
-    // as Linux does when it closes with unread input, must not lose its reply).
-    let both = async {
-        tokio::try_join!(
-            pipe.copy(&client, &upstream, Direction::ClientToTarget),
-            pipe.copy(&upstream, &client, Direction::TargetToClient),
-        )
-        .map(|_| ())
-    };
-    let outcome = tokio::select! {
-        r = both => r.map_err(|e| e.to_string()),
-        _ = ctx.close_conns.cancelled() => Err("route removed".to_string()),
-        _ = idle(&live, started, &last_activity) => Err("idle timeout".to_string()),
-    };
+        Some((upstream, dst, _lease, peer))
+    })
+    .await;
+    let Some((upstream, dst, _lease, peer)) = established else { return };
+    let outcome = forward(&client, &upstream, &live, &ctx, peer).await;
     match outcome {
         Ok(()) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", "done"),
         Err(reason) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", %reason, "closed"),
+    }
+}
+
+/// Copies both ways until both sides are done (`Ok`), or a reset, the route closing its
+/// connections, or the idle timeout ends it (`Err` with the reason).
+///
+/// Either direction failing (a reset) ends both; a clean FIN only ends its own. Both
+/// sockets are then closed normally, not with RST: bytes already handed to the kernel for
+/// the surviving peer are still delivered (a server that replies and then resets, as Linux
+/// does when it closes with unread input, must not lose its reply).
+///
+/// This is the state an open connection sits in, so its future is kept small: the spliced
+/// copy is a hand-written future of a few words, and the idle timer is boxed only when a
+/// route has one.
+async fn forward(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    live: &Live,
+    ctx: &RouteCtx,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let pipe = Pipe { ctx, live, peer, started, last_activity: &last_activity };
+    #[cfg(target_os = "linux")]
+    if live.hooks.on_read.is_none() && super::splice::enabled() {
+        let both = super::splice::SpliceBoth::new(client, upstream, |direction, n| pipe.count(direction, n));
+        match until_closed(both, live, ctx, started, &last_activity).await? {
+            Ok(super::splice::Spliced::Eof) => return Ok(()),
+            // Refused before any byte moved: the buffered copy below takes over.
+            Ok(super::splice::Spliced::Unsupported) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // Boxed: the buffered copy's state is large, and only hooked or non-Linux routes need it.
+    let both = Box::pin(async {
+        tokio::try_join!(
+            pipe.copy(client, upstream, Direction::ClientToTarget),
+            pipe.copy(upstream, client, Direction::TargetToClient),
+        )
+        .map(|_| ())
+    });
+    Box::pin(until_closed(both, live, ctx, started, &last_activity)).await?.map_err(|e| e.to_string())
+}
+
+/// Runs `copy` until it ends, or `Err(reason)` when the route closes its connections or the
+/// idle timeout fires first.
+async fn until_closed<T>(
+    copy: impl Future<Output = T>,
+    live: &Live,
+    ctx: &RouteCtx,
+    started: Instant,
+    last_activity: &AtomicU64,
+) -> Result<T, String> {
+    match live.options.tcp_idle_timeout {
+        None => tokio::select! {
+            r = copy => Ok(r),
+            _ = ctx.close_conns.cancelled() => Err("route removed".to_string()),
+        },
+        Some(_) => {
+            let idle = Box::pin(idle(live, started, last_activity));
+            tokio::select! {
+                r = copy => Ok(r),
+                _ = ctx.close_conns.cancelled() => Err("route removed".to_string()),
+                _ = idle => Err("idle timeout".to_string()),
+            }
+        }
     }
 }
 
@@ -296,29 +352,16 @@ struct Pipe<'a> {
 }
 
 impl Pipe<'_> {
-    /// Copies `from` → `to` until `from` sends FIN, then shuts down writing on `to` (the
-    /// half-close is forwarded; the other direction keeps flowing).
+    /// Copies `from` → `to` through a buffer until `from` sends FIN, then shuts down writing
+    /// on `to` (the half-close is forwarded; the other direction keeps flowing).
     ///
-    /// On Linux the bytes go through splice(2) and never enter user space, unless an
-    /// on-read hook must see them or the kernel refuses splice; then a buffered copy runs.
+    /// Used where splice cannot be: an on-read hook must see the bytes, the kernel refuses
+    /// splice, or not on Linux.
     async fn copy(&self, from: &TcpStream, to: &TcpStream, direction: Direction) -> io::Result<()> {
         let counter = match direction {
             Direction::ClientToTarget => &self.ctx.stats.bytes_in,
             Direction::TargetToClient => &self.ctx.stats.bytes_out,
         };
-        #[cfg(target_os = "linux")]
-        if self.live.hooks.on_read.is_none() && super::splice::enabled() {
-            let spliced = super::splice::copy(from, to, |n| {
-                RouteStats::add(counter, n as u64);
-                self.touch();
-            })
-            .await?;
-            if spliced == super::splice::Spliced::Eof {
-                let _ = SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            // Refused before any byte moved: fall through to the buffered copy.
-        }
         loop {
             from.readable().await?;
             // Borrowed only while bytes are ready: an idle connection holds no buffer.
@@ -348,6 +391,16 @@ impl Pipe<'_> {
                 }
             }
         }
+    }
+
+    /// Counts `n` bytes that reached the other side, and the activity.
+    fn count(&self, direction: Direction, n: usize) {
+        let counter = match direction {
+            Direction::ClientToTarget => &self.ctx.stats.bytes_in,
+            Direction::TargetToClient => &self.ctx.stats.bytes_out,
+        };
+        RouteStats::add(counter, n as u64);
+        self.touch();
     }
 
     /// Records activity for the idle timeout.
