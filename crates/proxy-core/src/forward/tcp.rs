@@ -33,6 +33,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Runs the accept loop until the route is removed; the listener is dropped on return.
 pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
+    // One shared copy for every connection: a pointer each instead of a whole context.
+    let shared = Arc::new(ctx.clone());
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -73,8 +75,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
                 RouteStats::add(&ctx.stats.total, 1);
                 RouteStats::add(&ctx.stats.active, 1);
                 let active = ActiveGuard(ctx.stats.clone());
-                let conn_ctx = ctx.clone();
-                ctx.tracker.spawn(connection(client, peer, header_expected, live, conn_ctx, active));
+                ctx.tracker.spawn(connection(client, peer, header_expected, live, shared.clone(), active));
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, "client gone before accept");
@@ -128,7 +129,7 @@ async fn connection(
     socket_peer: SocketAddr,
     header_expected: bool,
     live: Arc<Live>,
-    ctx: RouteCtx,
+    ctx: Arc<RouteCtx>,
     _active: ActiveGuard,
 ) {
     // Everything before the copy, boxed: its state (header, hook, dial, header sent on)
@@ -242,7 +243,8 @@ async fn forward(
     let pipe = Pipe { ctx, live, peer, started, last_activity: &last_activity };
     #[cfg(target_os = "linux")]
     if live.hooks.on_read.is_none() && super::splice::enabled() {
-        let both = super::splice::SpliceBoth::new(client, upstream, |direction, n| pipe.count(direction, n));
+        let both =
+            std::pin::pin!(super::splice::SpliceBoth::new(client, upstream, |direction, n| pipe.count(direction, n)));
         match until_closed(both, live, ctx, started, &last_activity).await? {
             Ok(super::splice::Spliced::Eof) => return Ok(()),
             // Refused before any byte moved: the buffered copy below takes over.
@@ -251,20 +253,20 @@ async fn forward(
         }
     }
     // Boxed: the buffered copy's state is large, and only hooked or non-Linux routes need it.
-    let both = Box::pin(async {
+    let mut both = Box::pin(async {
         tokio::try_join!(
             pipe.copy(client, upstream, Direction::ClientToTarget),
             pipe.copy(upstream, client, Direction::TargetToClient),
         )
         .map(|_| ())
     });
-    Box::pin(until_closed(both, live, ctx, started, &last_activity)).await?.map_err(|e| e.to_string())
+    Box::pin(until_closed(both.as_mut(), live, ctx, started, &last_activity)).await?.map_err(|e| e.to_string())
 }
 
 /// Runs `copy` until it ends, or `Err(reason)` when the route closes its connections or the
-/// idle timeout fires first.
+/// idle timeout fires first. `copy` is borrowed, not moved in, so its state is not stored twice.
 async fn until_closed<T>(
-    copy: impl Future<Output = T>,
+    copy: std::pin::Pin<&mut impl Future<Output = T>>,
     live: &Live,
     ctx: &RouteCtx,
     started: Instant,
