@@ -20,11 +20,23 @@ pub enum WatchError {
     Engine {
         /// The engine address.
         host: String,
-        /// Which request: `version`, `list`, `inspect`, `events`.
+        /// Which request: `version`, `info`, `list`, `inspect`, `events`, `services`, `service`, `node`.
         request: &'static str,
         /// Why.
         #[source]
         source: BollardError,
+    },
+    /// A request made without bollard (swarm tasks) failed, or was answered with an error status.
+    #[error("Docker engine at {host}: {request} failed: {message}")]
+    Answer {
+        /// The engine address.
+        host: String,
+        /// Which request: `tasks`.
+        request: &'static str,
+        /// The HTTP status of an error answer; `None` when there was no answer.
+        status: Option<u16>,
+        /// The engine's message, or why there was no answer.
+        message: String,
     },
     /// The event stream ended without an error (the engine closed it).
     #[error("Docker engine at {host}: the event stream ended")]

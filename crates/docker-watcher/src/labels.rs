@@ -10,6 +10,7 @@
 //! | `proxy.*.<field>=V` | a field of every alias |
 //! | `proxy.exclude=true` | ignore the container |
 //! | `proxy.network=NAME` | take the target address from this network (`<compose project>_NAME` is found too) |
+//! | `proxy.swarm_target=tasks\|vip` | swarm services only ([`crate::swarm`]); checked, otherwise ignored, on a container |
 //!
 //! Fields are proxy-core's ([`proxy_core::fields::FIELDS`]): the same names as the routes
 //! file, checked by the same code.
@@ -30,8 +31,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use proxy_core::RouteSpec;
 use proxy_core::fields::{self, RouteDraft};
+use proxy_core::{RouteSpec, Target};
 use tracing::debug;
 
 /// Every label this crate reads starts with this.
@@ -45,6 +46,11 @@ pub const LABEL_EXCLUDE: &str = "proxy.exclude";
 
 /// `proxy.network`: the network whose address is the target.
 pub const LABEL_NETWORK: &str = "proxy.network";
+
+/// `proxy.swarm_target`: what a swarm service's routes forward to, its running `tasks`
+/// (the default) or its virtual IP (`vip`); see [`SwarmTarget`](crate::SwarmTarget).
+/// Read on services only; on a container the value is checked and otherwise ignored.
+pub const LABEL_SWARM_TARGET: &str = "proxy.swarm_target";
 
 /// The label Docker Compose puts on every container of a project; `proxy.network=NAME` also
 /// finds the network `<project>_NAME` that Compose creates for a network named NAME.
@@ -98,7 +104,7 @@ pub const IGNORED_CONTAINER_LABELS: &[&str] = &[
 pub const HTTP_SCHEMES: &[&str] = &["http", "https", "h2c", "fileserver"];
 
 /// Container-wide labels, for did-you-mean hints on `proxy.<name>` labels.
-const CONTAINER_LABELS: &[&str] = &["aliases", "exclude", "network"];
+const CONTAINER_LABELS: &[&str] = &["aliases", "exclude", "network", "swarm_target"];
 
 /// The lifecycle state of a container, as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -185,8 +191,30 @@ impl ContainerView {
     /// True when the container carries at least one `proxy.*` label: containers without one
     /// are none of dockward's business.
     pub fn has_proxy_labels(&self) -> bool {
-        self.labels.keys().any(|k| k.starts_with(LABEL_PREFIX))
+        has_proxy_labels(&self.labels)
     }
+
+    fn subject(&self) -> Subject<'_> {
+        Subject { kind: "container", id: &self.id, name: &self.name, labels: &self.labels }
+    }
+}
+
+/// True when `labels` hold at least one `proxy.*` label.
+pub fn has_proxy_labels(labels: &BTreeMap<String, String>) -> bool {
+    labels.keys().any(|k| k.starts_with(LABEL_PREFIX))
+}
+
+/// What a set of labels belongs to: a container, or a swarm service
+/// ([`parse_service_labels`](crate::parse_service_labels)).
+pub(crate) struct Subject<'a> {
+    /// `container` or `service`, for messages.
+    pub(crate) kind: &'static str,
+    /// Its id.
+    pub(crate) id: &'a str,
+    /// Its name: the default alias and every route's source.
+    pub(crate) name: &'a str,
+    /// Its labels.
+    pub(crate) labels: &'a BTreeMap<String, String>,
 }
 
 /// A label problem: which label, its value, and what is wrong.
@@ -215,7 +243,7 @@ pub enum LabelError {
 }
 
 impl LabelError {
-    fn label(alias: Option<&str>, key: &str, value: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn label(alias: Option<&str>, key: &str, value: &str, reason: impl Into<String>) -> Self {
         LabelError::Label {
             alias: alias.map(str::to_string),
             key: key.to_string(),
@@ -250,12 +278,13 @@ pub struct SkippedAlias {
     pub reason: String,
 }
 
-/// What one container's labels ask for.
+/// What one container's labels ask for; also what one swarm service's labels ask for (then
+/// `id` and `name` are the service's).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ContainerRoutes {
-    /// The container id.
+    /// The container (or service) id.
     pub id: String,
-    /// The container name; also the [`RouteSpec::source`] of every route.
+    /// The container (or service) name; also the [`RouteSpec::source`] of every route.
     pub name: String,
     /// The routes, in alias order.
     pub routes: Vec<RouteSpec>,
@@ -268,8 +297,8 @@ pub struct ContainerRoutes {
 }
 
 impl ContainerRoutes {
-    fn empty(view: &ContainerView) -> Self {
-        ContainerRoutes { id: view.id.clone(), name: view.name.clone(), ..Default::default() }
+    fn empty(subject: &Subject<'_>) -> Self {
+        ContainerRoutes { id: subject.id.to_string(), name: subject.name.to_string(), ..Default::default() }
     }
 
     fn push_error(&mut self, e: LabelError) {
@@ -307,12 +336,25 @@ struct Setting {
 /// The container's state is not looked at: the watcher only asks about running containers,
 /// and `dockward check --container` wants the labels checked whatever the state.
 pub fn parse_labels(view: &ContainerView, self_networks: &[String]) -> ContainerRoutes {
-    let mut out = ContainerRoutes::empty(view);
-    if !view.has_proxy_labels() {
+    parse_subject(&view.subject(), || resolve_target(view, self_networks).map(|host| vec![host]))
+}
+
+/// The labels → routes function behind [`parse_labels`] and
+/// [`parse_service_labels`](crate::parse_service_labels).
+///
+/// `targets` resolves the hosts of routes that set no `host` field; it is asked only when
+/// the labels hold routes. An empty list means "nothing to forward to right now" (a service
+/// without a running task): each such alias is skipped, not an error.
+pub(crate) fn parse_subject(
+    subject: &Subject<'_>,
+    targets: impl FnOnce() -> Result<Vec<String>, LabelError>,
+) -> ContainerRoutes {
+    let mut out = ContainerRoutes::empty(subject);
+    if !has_proxy_labels(subject.labels) {
         return out;
     }
 
-    if let Some(value) = view.labels.get(LABEL_EXCLUDE) {
+    if let Some(value) = subject.labels.get(LABEL_EXCLUDE) {
         match parse_bool(value) {
             Some(true) => {
                 out.excluded = true;
@@ -325,22 +367,27 @@ pub fn parse_labels(view: &ContainerView, self_networks: &[String]) -> Container
                     None,
                     LABEL_EXCLUDE,
                     value,
-                    "expected true or false; no route of this container is opened until it is fixed",
+                    format!("expected true or false; no route of this {} is opened until it is fixed", subject.kind),
                 ));
                 return out;
             }
         }
     }
+    if let Some(value) = subject.labels.get(LABEL_SWARM_TARGET)
+        && let Err(e) = crate::swarm::SwarmTarget::from_label(value)
+    {
+        out.push_error(e);
+    }
 
-    let listed = listed_aliases(view, &mut out);
+    let listed = listed_aliases(subject, &mut out);
     let mut settings: Vec<(String, Setting)> = Vec::new(); // (field, setting)
     let mut seen: Vec<String> = Vec::new(); // aliases named in keys, in key order
 
-    for (key, value) in view.labels.range(LABEL_PREFIX.to_string()..) {
+    for (key, value) in subject.labels.range(LABEL_PREFIX.to_string()..) {
         let Some(rest) = key.strip_prefix(LABEL_PREFIX) else { break };
         match classify(rest, &listed) {
             Classified::ContainerWide => {}
-            Classified::Ignored => debug!(container = %view.name, label = %key, "label ignored: not for stream routes"),
+            Classified::Ignored => debug!(source = %subject.name, label = %key, "label ignored: not for stream routes"),
             Classified::UnknownContainerLabel(name) => {
                 out.push_error(LabelError::label(None, key, value, unknown_container_label(name)))
             }
@@ -384,21 +431,21 @@ pub fn parse_labels(view: &ContainerView, self_networks: &[String]) -> Container
         }
     }
 
-    let target = resolve_target(view, self_networks);
+    let target = targets();
     let aliases: Vec<String> = listed.iter().chain(seen.iter()).cloned().collect();
     for alias in &aliases {
-        build_alias(view, alias, &settings, &bad_wildcards, &target, &mut out);
+        build_alias(subject, alias, &settings, &bad_wildcards, &target, &mut out);
     }
     out
 }
 
 /// Builds one alias's route into `out`, or records why it has none.
 fn build_alias(
-    view: &ContainerView,
+    subject: &Subject<'_>,
     alias: &str,
     settings: &[(String, Setting)],
     bad_wildcards: &[&str],
-    target: &Result<String, LabelError>,
+    target: &Result<Vec<String>, LabelError>,
     out: &mut ContainerRoutes,
 ) {
     // field → the setting that wins for this alias: specific over wildcard.
@@ -452,23 +499,39 @@ fn build_alias(
         return;
     }
     if let Some(scheme) = http_scheme {
-        skip(view, out, alias, format!("scheme {scheme} is an HTTP route, not a stream route"));
+        skip(subject, out, alias, format!("scheme {scheme} is an HTTP route, not a stream route"));
         return;
     }
     if !draft.has_port() {
-        skip(view, out, alias, "no port".to_string());
+        skip(subject, out, alias, "no port".to_string());
         return;
     }
-    let host = match (&draft.host, target) {
-        (Some(_), _) => "", // build() uses the alias's own host
-        (None, Ok(host)) => host.as_str(),
+    let hosts: &[String] = match (&draft.host, target) {
+        (Some(_), _) => &[], // build() uses the alias's own host
+        (None, Ok(hosts)) if hosts.is_empty() => {
+            skip(subject, out, alias, "no running task to forward to".to_string());
+            return;
+        }
+        (None, Ok(hosts)) => hosts,
         (None, Err(e)) => {
             out.push_error(e.clone());
             return;
         }
     };
-    match draft.build(&view.name, host) {
-        Ok(routes) => out.routes.extend(routes),
+    let first = hosts.first().map(String::as_str).unwrap_or("");
+    match draft.build(subject.name, first) {
+        Ok(mut routes) => {
+            // Several default hosts (a service's tasks): every one is a target of each route,
+            // on the route's own target port.
+            if hosts.len() > 1 {
+                for spec in &mut routes {
+                    if let Some(port) = spec.targets.first().map(|t| t.port) {
+                        spec.targets = hosts.iter().map(|h| Target::new(h.as_str(), port)).collect();
+                    }
+                }
+            }
+            out.routes.extend(routes)
+        }
         Err(e) => {
             let (key, value) = match chosen.get(e.field.as_str()) {
                 Some(s) => (s.key.clone(), s.value.clone()),
@@ -479,15 +542,15 @@ fn build_alias(
     }
 }
 
-fn skip(view: &ContainerView, out: &mut ContainerRoutes, alias: &str, reason: String) {
-    debug!(container = %view.name, alias, reason = %reason, "alias skipped: not a stream route");
+fn skip(subject: &Subject<'_>, out: &mut ContainerRoutes, alias: &str, reason: String) {
+    debug!(source = %subject.name, alias, reason = %reason, "alias skipped: no route");
     out.skipped.push(SkippedAlias { alias: alias.to_string(), reason });
 }
 
-/// The aliases of `proxy.aliases`, or the container name; errors for entries that cannot be aliases.
-fn listed_aliases(view: &ContainerView, out: &mut ContainerRoutes) -> Vec<String> {
-    let Some(value) = view.labels.get(LABEL_ALIASES) else {
-        return vec![view.name.clone()];
+/// The aliases of `proxy.aliases`, or the name; errors for entries that cannot be aliases.
+fn listed_aliases(subject: &Subject<'_>, out: &mut ContainerRoutes) -> Vec<String> {
+    let Some(value) = subject.labels.get(LABEL_ALIASES) else {
+        return vec![subject.name.to_string()];
     };
     let mut aliases: Vec<String> = Vec::new();
     for a in value.split(|c: char| c == ',' || c.is_whitespace()).filter(|a| !a.is_empty()) {
@@ -505,14 +568,14 @@ fn listed_aliases(view: &ContainerView, out: &mut ContainerRoutes) -> Vec<String
         }
     }
     if aliases.is_empty() && out.errors.is_empty() {
-        aliases.push(view.name.clone());
+        aliases.push(subject.name.to_string());
     }
     aliases
 }
 
 /// What a `proxy.<rest>` label is.
 enum Classified<'a> {
-    /// `proxy.aliases`, `proxy.exclude`, `proxy.network`: read elsewhere.
+    /// `proxy.aliases`, `proxy.exclude`, `proxy.network`, `proxy.swarm_target`: read elsewhere.
     ContainerWide,
     /// A GoDoxy label with no meaning for stream routes.
     Ignored,

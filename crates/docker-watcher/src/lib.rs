@@ -5,6 +5,9 @@
 //!   networks, state) to a [`ContainerRoutes`] (routes and per-label errors). No I/O.
 //! - [`DockerWatcher`]: bollard, read-only endpoints; publishes a [`DockerSnapshot`] of every
 //!   labelled running container through a `tokio::sync::watch` channel.
+//! - [`swarm`]: on a swarm manager, services' labels become routes too, through the same
+//!   parser: [`parse_service_labels`] from a [`ServiceView`] (labels, virtual IPs, running
+//!   tasks' addresses).
 //! - [`check_labels`] and [`check_container`]: what `dockward check --labels` and
 //!   `dockward check --container` need.
 //!
@@ -14,15 +17,21 @@
 
 mod engine;
 mod error;
+mod http;
 pub mod labels;
+#[cfg(test)]
+mod mock_engine;
+mod services;
 mod snapshot;
+pub mod swarm;
 mod watcher;
 
 pub use engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
 pub use error::WatchError;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, parse_labels};
 pub use snapshot::DockerSnapshot;
-pub use watcher::{DockerConfig, DockerWatcher, OwnContainer, WATCHED_EVENTS};
+pub use swarm::{ServiceView, SwarmTarget, TaskView, parse_service_labels};
+pub use watcher::{DockerConfig, DockerWatcher, OwnContainer, SERVICE_EVENTS, WATCHED_EVENTS};
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
 ///

@@ -1,4 +1,5 @@
-//! What the watcher publishes: every labelled running container's routes and errors.
+//! What the watcher publishes: every labelled running container's (and swarm service's)
+//! routes and errors.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,12 @@ pub struct DockerSnapshot {
     /// Running containers that carry `proxy.*` labels, by container id. Stopped, dead and
     /// paused containers are absent: they contribute no routes.
     pub containers: BTreeMap<String, ContainerRoutes>,
+    /// Swarm services that carry `proxy.*` labels, by service id (`id` and `name` of each
+    /// entry are the service's). Empty unless the engine is a swarm manager.
+    pub services: BTreeMap<String, ContainerRoutes>,
+    /// True while the engine is an active swarm manager and its services are watched; then
+    /// the containers of swarm tasks contribute no routes of their own (their service does).
+    pub swarm: bool,
     /// True while the watcher holds a live event stream on an engine it has listed.
     ///
     /// When the engine goes away the last known containers are kept (their forwarders keep
@@ -33,18 +40,28 @@ pub struct DockerSnapshot {
 }
 
 impl DockerSnapshot {
-    /// Every route of every container, in container-id then alias order.
+    /// Every route of every container, then of every service, in id then alias order.
     pub fn routes(&self) -> impl Iterator<Item = &RouteSpec> {
-        self.containers.values().flat_map(|c| c.routes.iter())
+        self.entries().flat_map(|c| c.routes.iter())
     }
 
-    /// Every label error, with the container it belongs to.
+    /// Every label error, with the container (or service) it belongs to.
     pub fn errors(&self) -> impl Iterator<Item = (&ContainerRoutes, &LabelError)> {
-        self.containers.values().flat_map(|c| c.errors.iter().map(move |e| (c, e)))
+        self.entries().flat_map(|c| c.errors.iter().map(move |e| (c, e)))
     }
 
     /// The container with this name, if it is in the snapshot.
     pub fn by_name(&self, name: &str) -> Option<&ContainerRoutes> {
         self.containers.values().find(|c| c.name == name)
+    }
+
+    /// The swarm service with this name, if it is in the snapshot.
+    pub fn service_by_name(&self, name: &str) -> Option<&ContainerRoutes> {
+        self.services.values().find(|c| c.name == name)
+    }
+
+    /// Every container entry, then every service entry.
+    fn entries(&self) -> impl Iterator<Item = &ContainerRoutes> {
+        self.containers.values().chain(self.services.values())
     }
 }
