@@ -181,6 +181,48 @@ async fn datagrams_of_1_1400_and_65507_bytes_pass_whole() {
     table.shutdown().await;
 }
 
+#[tokio::test]
+async fn bursts_from_two_clients_arrive_whole_and_in_order() {
+    // Runs of one client's datagrams within a receive batch leave in one sendmmsg.
+    const BURST: usize = 32;
+    let echo = Upstream::start(LOCALHOST, Reply::Echo).await;
+    let table = RouteTable::new();
+    let proxy = start(&table, vec![udp_route("burst", any_port(LOCALHOST), vec![echo.target()])]).await;
+    let (a, b) = (client(LOCALHOST).await, client(LOCALHOST).await);
+    assert_eq!(roundtrip(&a, proxy, b"a open").await, b"a open");
+    assert_eq!(roundtrip(&b, proxy, b"b open").await, b"b open");
+
+    for round in 0..2 {
+        for (name, socket) in [("a", &a), ("b", &b)] {
+            for i in 0..BURST {
+                socket.send_to(format!("{name} {round} {i}").as_bytes(), proxy).await.expect("send");
+            }
+        }
+    }
+    for (name, socket) in [("a", &a), ("b", &b)] {
+        for round in 0..2 {
+            for i in 0..BURST {
+                assert_eq!(String::from_utf8(recv(socket).await).unwrap(), format!("{name} {round} {i}"));
+            }
+        }
+    }
+    for name in ["a", "b"] {
+        let got: Vec<String> = echo
+            .payloads()
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .filter(|p| p.starts_with(name) && !p.ends_with("open"))
+            .collect();
+        let want: Vec<String> =
+            (0..2).flat_map(|round| (0..BURST).map(move |i| format!("{name} {round} {i}"))).collect();
+        assert_eq!(got, want, "client {name}'s datagrams, in order");
+    }
+    let s = stats(&table, "burst");
+    let n = 2 + 4 * BURST as u64;
+    assert_eq!((s.datagrams_in, s.datagrams_out, s.dropped), (n, n, 0));
+    table.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clients_each_get_only_their_own_replies() {
     const CLIENTS: usize = 100;

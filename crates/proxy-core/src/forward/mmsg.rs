@@ -41,8 +41,26 @@ impl RecvBatch {
     /// Receives what is waiting, without blocking: the number of datagrams now in the batch.
     /// `WouldBlock` when nothing is (and the socket's readiness is cleared for tokio).
     pub(crate) fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.recv(socket, false)
+    }
+
+    /// As [`RecvBatch::try_recv`], but a short batch (fewer than [`BATCH`] datagrams) also
+    /// clears the socket's read readiness, saving the receive that would only return
+    /// `EAGAIN` before the next wait.
+    ///
+    /// Only for an *unconnected* socket. A short batch means recvmmsg found the queue empty
+    /// (it stops early otherwise only on an error, and an unconnected UDP socket is not sent
+    /// ICMP errors). Every datagram queued after that wakes the socket's epoll entry again
+    /// (edge-triggered epoll reports each arrival), and tokio clears readiness only if no
+    /// event came in since it was read, before the call: no wake-up is lost.
+    pub(crate) fn try_recv_unconnected(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.recv(socket, true)
+    }
+
+    fn recv(&mut self, socket: &UdpSocket, short_is_drained: bool) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
-        socket.try_io(Interest::READABLE, || {
+        let mut received = 0;
+        let result = socket.try_io(Interest::READABLE, || {
             let mut iovecs: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
             // SAFETY: mmsghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
             let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
@@ -67,8 +85,17 @@ impl RecvBatch {
             for (len, msg) in self.lens.iter_mut().zip(&msgs).take(n) {
                 *len = msg.msg_len as usize;
             }
+            received = n;
+            if short_is_drained && n < BATCH {
+                // Clears the readiness read before this call; `received` carries the count.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok(n)
-        })
+        });
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && received > 0 => Ok(received),
+            result => result,
+        }
     }
 
     /// The bytes of datagram `i` of the last receive.

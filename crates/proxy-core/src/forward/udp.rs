@@ -7,7 +7,8 @@
 //! while existing ones keep their upstream, idle timeout and hooks), and a UDP socket
 //! *connected* to a target is made for it. Datagrams from the client are sent on that
 //! socket straight from the route's single receive loop, in arrival order, through one
-//! reusable 64 KiB buffer: nothing is allocated and no task is spawned per datagram.
+//! reusable 64 KiB buffer: nothing is allocated and no task is spawned per datagram. A run
+//! of one client's datagrams within a receive batch leaves in one sendmmsg.
 //! (Should an upstream socket's send buffer be full, the loop waits for it, as a blocking
 //! forwarder would, rather than drop or reorder.)
 //! Replies are read by one relay task per session and sent back to the client from the
@@ -105,6 +106,13 @@ const RECV_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Stale heap entries tolerated beyond the number of live sessions before a rebuild.
 const LRU_SLACK: usize = 1024;
+/// Receive buffer asked for the listening socket (the kernel caps it at `net.core.rmem_max`).
+/// The default (about 200 KiB, a few hundred datagrams) overflows whenever the loop is kept
+/// off its CPU for a few milliseconds at tens of thousands of datagrams per second. Kernel
+/// memory, charged only while datagrams wait.
+const LISTEN_RCVBUF: usize = 4 << 20;
+/// Receive buffer asked for each session's upstream socket (its replies); as above.
+const UPSTREAM_RCVBUF: usize = 1 << 20;
 
 thread_local! {
     /// The relays' receive batch: one per worker thread rather than buffers per session,
@@ -116,6 +124,9 @@ thread_local! {
 ///
 /// Returns only after every session task has ended and the listening socket is closed.
 pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(LISTEN_RCVBUF) {
+        debug!(protocol = "udp", listen = %ctx.listen, error = %e, "cannot enlarge the receive buffer");
+    }
     let socket = Arc::new(socket);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut sessions = Sessions::new(Route {
@@ -142,17 +153,13 @@ pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
                 continue;
             }
             Some(event) = events.recv() => Step::Event(event),
-            ready = socket.readable() => Step::Received(ready.and_then(|()| batch.try_recv(&socket))),
+            ready = socket.readable() => Step::Received(ready.and_then(|()| batch.try_recv_unconnected(&socket))),
         };
         match step {
             Step::Event(event) => sessions.on_event(event).await,
             Step::Received(Ok(n)) => {
                 backoff = RECV_BACKOFF_MIN;
-                for i in 0..n {
-                    if let Some(peer) = batch.peer(i) {
-                        sessions.on_datagram(batch.data(i), peer).await;
-                    }
-                }
+                sessions.on_batch(&batch, n).await;
             }
             Step::Received(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             Step::Received(Err(e)) if is_transient(&e) => {
@@ -427,6 +434,70 @@ impl Sessions {
         &self.route.ctx.stats
     }
 
+    /// Handles the `n` datagrams of a receive, in order. A run of datagrams from one client
+    /// whose session is open goes out in one sendmmsg on its socket; the rest one by one.
+    async fn on_batch(&mut self, batch: &RecvBatch, n: usize) {
+        let mut i = 0;
+        while i < n {
+            let Some(peer) = batch.peer(i) else {
+                i += 1;
+                continue;
+            };
+            let mut end = i + 1;
+            while end < n && batch.peer(end) == Some(peer) {
+                end += 1;
+            }
+            if end - i > 1 && self.send_run(batch, i..end, peer).await {
+                i = end;
+            } else {
+                // A new, dialling or just expired session, or one that needs each datagram
+                // (hooks, PROXY header): this one alone, then the rest of the run again.
+                self.on_datagram(batch.data(i), peer).await;
+                i += 1;
+            }
+        }
+    }
+
+    /// Sends datagrams `run` of `batch`, all from `peer`, on its open session's socket with
+    /// as few sendmmsg calls as the socket takes; false (nothing done) when the session is
+    /// not open, has ended, or has hooks or a PROXY header to apply per datagram.
+    async fn send_run(&mut self, batch: &RecvBatch, run: std::ops::Range<usize>, peer: SocketAddr) -> bool {
+        let now = self.route.clock.now();
+        let Some(session) = self.map.get(&peer) else { return false };
+        let State::Open { upstream, .. } = &session.state else { return false };
+        let live = &session.live;
+        if live.hooks.on_read.is_some() || live.options.proxy_protocol.is_some() || !session.activity.touch(now) {
+            return false;
+        }
+        let stats = &self.route.ctx.stats;
+        let mut next = run.start;
+        while next < run.end {
+            match mmsg::try_send(upstream, batch, next..run.end, None) {
+                Ok(sent) if sent > 0 => {
+                    let bytes: usize = (next..next + sent).map(|i| batch.data(i).len()).sum();
+                    RouteStats::add(&stats.bytes_in, bytes as u64);
+                    RouteStats::add(&stats.datagrams_in, sent as u64);
+                    next += sent;
+                }
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                    // The first unsent datagram failed (often the ICMP report of an earlier one):
+                    // dropped, as by `send_upstream`; the session stays.
+                    RouteStats::add(&stats.dropped, 1);
+                    trace!(protocol = "udp", listen = %self.route.ctx.listen, %peer, action = "send", error = %e, "datagram to target dropped");
+                    next += 1;
+                }
+                _ => {
+                    // The send buffer is full: wait for it, one datagram at a time, in order.
+                    for i in next..run.end {
+                        self.route.send_upstream(upstream, live, peer, batch.data(i)).await;
+                    }
+                    break;
+                }
+            }
+        }
+        true
+    }
+
     /// Handles one datagram from `peer`.
     async fn on_datagram(&mut self, data: &[u8], peer: SocketAddr) {
         let now = self.route.clock.now();
@@ -523,6 +594,9 @@ impl Sessions {
         let Some(session) = self.map.get(&peer) else { return };
         let State::Open { upstream, dst, lease } = &session.state else { return };
         let route = &self.route;
+        if let Err(e) = socket2::SockRef::from(&**upstream).set_recv_buffer_size(UPSTREAM_RCVBUF) {
+            trace!(protocol = "udp", %peer, error = %e, "cannot enlarge the receive buffer");
+        }
         RouteStats::add(&route.ctx.stats.total, 1);
         RouteStats::add(&route.ctx.stats.active, 1);
         debug!(protocol = "udp", listen = %route.ctx.listen, %peer, dst = %dst, action = "session_open", "session opened");
@@ -767,7 +841,9 @@ impl Relay {
                 _ = self.cancel.cancelled() => {
                     break if self.ctx.close_conns.is_cancelled() { "route closed" } else { "evicted" };
                 }
-                ready = self.upstream.readable() => {
+                // Readiness polled in place: the waker lives in the socket's own slot, so this
+                // branch adds nothing to the task's size (`readable()` holds a waiter node).
+                ready = std::future::poll_fn(|cx| self.upstream.poll_recv_ready(cx)) => {
                     if let Err(e) = ready {
                         // Only when the runtime's I/O driver is gone.
                         debug!(protocol = "udp", listen = %self.ctx.listen, peer = %self.peer, dst = %self.dst, action = "recv", error = %e, "upstream socket unusable");
@@ -778,11 +854,8 @@ impl Relay {
                         Err(e) => {
                             errors = errors.saturating_add(1);
                             debug!(protocol = "udp", listen = %self.ctx.listen, peer = %self.peer, dst = %self.dst, action = "recv", error = %e, "reading the target failed");
-                            let pause = (Duration::from_millis(5) * errors).min(RELAY_BACKOFF_MAX);
-                            tokio::select! {
-                                _ = self.cancel.cancelled() => {}
-                                _ = tokio::time::sleep(pause) => {}
-                            }
+                            // Cold path, boxed so that its timer is not part of every relay's size.
+                            Box::pin(self.pause((Duration::from_millis(5) * errors).min(RELAY_BACKOFF_MAX))).await;
                         }
                     }
                 }
@@ -820,12 +893,10 @@ impl Relay {
                 Relayed::Done => {}
                 Relayed::Empty => return Ok(()),
                 Relayed::Blocked(replies) => {
-                    for reply in replies {
-                        let sent = tokio::select! {
-                            _ = self.cancel.cancelled() => return Ok(()),
-                            sent = self.listener.send_to(&reply, self.peer) => sent,
-                        };
-                        self.count_sent(sent, reply.len());
+                    // Rare (the listening socket's send buffer is full): boxed, so that every
+                    // relay does not carry room for these futures.
+                    if !Box::pin(self.send_blocked(replies)).await {
+                        return Ok(());
                     }
                 }
                 Relayed::Failed(e) if is_icmp_report(&e) => {
@@ -840,6 +911,27 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the client's send buffer to take `replies`, in order; false if the session
+    /// was cancelled first.
+    async fn send_blocked(&self, replies: Vec<Vec<u8>>) -> bool {
+        for reply in replies {
+            let sent = tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                sent = self.listener.send_to(&reply, self.peer) => sent,
+            };
+            self.count_sent(sent, reply.len());
+        }
+        true
+    }
+
+    /// Sleeps for `pause`, or less if the session is cancelled.
+    async fn pause(&self, pause: Duration) {
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
     }
 
     /// Reads a batch of replies (recvmmsg) and sends them to the client without waiting
