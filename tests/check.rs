@@ -75,12 +75,20 @@ fn several_files_are_checked_together_and_every_error_is_reported() {
 }
 
 #[test]
-fn the_same_port_in_two_files_is_a_conflict() {
+fn the_same_alias_and_port_in_two_files_are_replicas_not_a_conflict() {
     let a = PathBuf::from("tests/fixtures/valid/minimal.yml");
     let out = check(&[&a, &a]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn two_aliases_on_one_port_in_two_files_are_a_conflict() {
+    let a = PathBuf::from("tests/fixtures/valid/minimal.yml");
+    let b = PathBuf::from("tests/fixtures/invalid/listen-conflict.yml");
+    let out = check(&[&a, &b]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(r#"route "ssh": listens on tcp 0.0.0.0:2222, as route "ssh" of"#), "{stderr}");
+    assert!(stderr.contains(r#"route "ssh-local": listens on tcp 127.0.0.1:2222, as route "ssh" of"#), "{stderr}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use proxy_core::{Acl, IpNet, acl};
 
 use crate::admin::{AdminAddr, DEFAULT_ADMIN_ADDR};
 
@@ -27,7 +28,7 @@ pub enum Command {
     /// List the routes of a running controller, asking its admin API.
     #[command(after_help = ROUTES_EXAMPLES)]
     Routes(RoutesArgs),
-    /// Validate route files offline: print the routes they define, or every error (exit 1).
+    /// Validate route files and container labels: print the routes they define, or every error (exit 1).
     #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
     /// Print the version.
@@ -39,6 +40,7 @@ Examples:
   dockward run --routes examples/routes.yml
   dockward run --routes /etc/dockward/routes.yml --admin unix:/run/dockward.sock
   dockward run --no-docker --routes a.yml --routes b.yml --log-format json
+  dockward run --routes r.yml --allow 10.0.0.0/8,192.168.1.5 --deny 10.0.0.66
 
 Routes files are watched: edits apply within ~100 ms; a file with errors keeps its previous
 routes running and shows its errors in `dockward routes`.";
@@ -52,7 +54,13 @@ Examples:
 const CHECK_EXAMPLES: &str = "\
 Examples:
   dockward check --routes examples/routes.yml
-  dockward check --routes a.yml --routes b.yml   # also finds routes of both that share a port";
+  dockward check --routes a.yml --routes b.yml   # also finds routes of both that share a port
+  dockward check --labels proxy.aliases=ssh proxy.ssh.port=2222:22 --name gitea
+  dockward check --container gitea               # its labels, against its real networks
+  dockward check --container gitea --docker-host tcp://10.0.0.5:2375
+
+--labels is checked offline, as the labels of a host-network container (targets show as
+127.0.0.1; proxy.network is checked by --container, which asks the engine).";
 
 /// Logging flags of `dockward run`.
 #[derive(Debug, Args)]
@@ -101,9 +109,38 @@ pub struct RunArgs {
     /// Docker engine to watch. Default: DOCKER_HOST, else the local socket.
     #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Global ACL: clients every route lets in, besides its own `allow`. IPs and CIDR
+    /// networks, comma-separated or with the flag repeated; once set, every other client of
+    /// every route is refused. `deny` wins over it.
+    #[arg(long, value_name = "CIDR,...", env = "DOCKWARD_ALLOW", value_parser = NetList::parse)]
+    pub allow: Vec<NetList>,
+    /// Global ACL: clients every route refuses, whatever any `allow` says. IPs and CIDR
+    /// networks, comma-separated or with the flag repeated.
+    #[arg(long, value_name = "CIDR,...", env = "DOCKWARD_DENY", value_parser = NetList::parse)]
+    pub deny: Vec<NetList>,
     /// How logs are written.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl RunArgs {
+    /// The global ACL that `--allow` and `--deny` (or DOCKWARD_ALLOW and DOCKWARD_DENY) set;
+    /// open when neither is given.
+    pub fn global_acl(&self) -> Acl {
+        let flatten = |lists: &[NetList]| lists.iter().flat_map(|l| l.0.iter().copied()).collect();
+        Acl::new(flatten(&self.allow), flatten(&self.deny))
+    }
+}
+
+/// One `--allow` or `--deny` value: IPs and CIDR networks separated by commas or spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetList(pub Vec<IpNet>);
+
+impl NetList {
+    /// Parses `10.0.0.0/8,192.168.1.5 fd00::/8`; the error names the entry at fault.
+    pub fn parse(text: &str) -> Result<NetList, String> {
+        acl::parse_nets(text).map(NetList).map_err(|e| e.to_string())
+    }
 }
 
 /// Flags of `dockward routes`.
@@ -123,8 +160,27 @@ pub struct CheckArgs {
     /// A routes file (YAML) to validate; may be given several times.
     #[arg(long = "routes", value_name = "FILE")]
     pub routes: Vec<PathBuf>,
-    // Label checks (`--labels k=v ...`, `--container NAME`) belong here, next to `routes`;
-    // `commands::check` validates each kind of input and reports them together.
+    /// Container labels to validate offline, as KEY=VALUE: several after one flag, or the
+    /// flag repeated.
+    #[arg(long = "labels", value_name = "KEY=VALUE", num_args = 1.., value_parser = label_arg)]
+    pub labels: Vec<(String, String)>,
+    /// The container name for --labels: its alias when proxy.aliases is absent, and the
+    /// routes' SOURCE.
+    #[arg(long, value_name = "NAME", default_value = "container", requires = "labels")]
+    pub name: String,
+    /// A container (name or id) whose labels to validate against its networks, asking the
+    /// Docker engine; may be given several times.
+    #[arg(long = "container", value_name = "NAME")]
+    pub containers: Vec<String>,
+    /// Docker engine for --container. Default: DOCKER_HOST, else the local socket.
+    #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+}
+
+/// Parses one `--labels` value: `KEY=VALUE`, split at the first `=`.
+fn label_arg(arg: &str) -> Result<(String, String), String> {
+    docker_watcher::split_label_arg(arg)
+        .ok_or_else(|| format!("expected KEY=VALUE, e.g. proxy.ssh.port=2222:22 (got {arg:?})"))
 }
 
 #[cfg(test)]
@@ -159,6 +215,70 @@ mod tests {
         assert_eq!(run.admin.admin, AdminAddr::Unix("/run/dockward.sock".into()));
         assert!(run.no_docker);
         assert_eq!(run.log.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_global_acl_takes_comma_lists_and_repeated_flags() {
+        let cli = Cli::try_parse_from([
+            "dockward",
+            "run",
+            "--allow",
+            "10.0.0.0/8,192.168.1.5",
+            "--allow",
+            "::1",
+            "--deny",
+            "10.0.0.66",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        let acl = run.global_acl();
+        let nets = |list: &[&str]| list.iter().map(|n| n.parse::<IpNet>().unwrap()).collect::<Vec<_>>();
+        assert_eq!(acl.allow(), nets(&["10.0.0.0/8", "192.168.1.5/32", "::1/128"]));
+        assert_eq!(acl.deny(), nets(&["10.0.0.66/32"]));
+        assert!(acl.allows("10.1.2.3".parse().unwrap()));
+        assert!(!acl.allows("10.0.0.66".parse().unwrap()));
+        assert!(!acl.allows("172.16.0.1".parse().unwrap()));
+
+        let Command::Run(run) = Cli::try_parse_from(["dockward", "run"]).unwrap().command else { panic!("not run") };
+        assert!(run.global_acl().is_open(), "no flag: everyone is let in");
+    }
+
+    #[test]
+    fn a_bad_network_in_the_global_acl_is_a_usage_error_naming_it() {
+        let err = Cli::try_parse_from(["dockward", "run", "--deny", "10.0.0.1,10.0.0.0/33"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("--deny") && text.contains(r#""10.0.0.0/33" is not an IP address or CIDR network"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn check_takes_labels_after_one_flag_or_repeated_and_containers() {
+        let cli = Cli::try_parse_from([
+            "dockward",
+            "check",
+            "--labels",
+            "proxy.aliases=a b",
+            "proxy.a.port=1:2",
+            "--labels",
+            "x==y",
+            "--container",
+            "web",
+            "--routes",
+            "r.yml",
+        ])
+        .unwrap();
+        let Command::Check(check) = cli.command else { panic!("not check") };
+        let pairs: Vec<(&str, &str)> = check.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("proxy.aliases", "a b"), ("proxy.a.port", "1:2"), ("x", "=y")]);
+        assert_eq!(check.name, "container");
+        assert_eq!(check.containers, ["web"]);
+        assert_eq!(check.routes, [PathBuf::from("r.yml")]);
+
+        let err = Cli::try_parse_from(["dockward", "check", "--labels", "novalue"]).unwrap_err();
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+        assert!(Cli::try_parse_from(["dockward", "check", "--name", "x", "--routes", "r.yml"]).is_err());
     }
 
     #[test]

@@ -1,34 +1,54 @@
-//! `dockward check`: validates route files offline.
+//! `dockward check`: validates route files and container labels.
 //!
-//! Prints the routes they define (stdout), or every error with file, alias and field
-//! (stderr), and fails when there is any error. Two routes that would fight over one
-//! listen address are an error too: at run time the younger one would sit in conflict.
+//! Prints the routes they define (stdout), or every error with file (or container), alias,
+//! field or label, and value (stderr), and fails when there is any error. Two routes that
+//! would fight over one listen address are an error too: at run time the younger one would
+//! sit in conflict.
+//!
+//! Inputs: routes files (`--routes`), labels given on the command line (`--labels k=v ...`,
+//! checked offline as a host-network container's), and containers of a Docker engine
+//! (`--container NAME`, checked against their real networks). Labels go through the very
+//! function the Docker provider uses, so what passes here is what `run` serves.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use docker_watcher::swarm::SWARM_SERVICE_ID_LABEL;
+use docker_watcher::{ContainerRoutes, DockerConfig};
 use proxy_core::{Family, RouteOptions, RouteSpec};
 use serde_json::Value;
 
 use crate::cli::CheckArgs;
 use crate::routes_file;
 
+/// How long `--container` waits for the engine.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The routes and errors found in every input of one `check`.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Routes of inputs without error.
+    /// Routes of inputs without error (for labels: the aliases without error).
     pub routes: Vec<RouteSpec>,
-    /// Every error, as printed: `FILE: route "ALIAS": FIELD "VALUE": reason`.
+    /// Every error, as printed: `FILE: route "ALIAS": FIELD "VALUE": reason`, or
+    /// `NAME: label KEY="VALUE": reason` for labels.
     pub errors: Vec<String>,
-    /// How many inputs were read.
-    pub inputs: usize,
+    /// What is worth knowing but not wrong: aliases that make no route, an excluded or
+    /// stopped container.
+    pub notes: Vec<String>,
+    /// How many routes files were read.
+    pub files: usize,
+    /// How many labels were given with `--labels`.
+    pub labels: usize,
+    /// The containers asked for with `--container`.
+    pub containers: Vec<String>,
 }
 
 impl Report {
     /// Adds the routes files; a file with any error contributes errors only, as at run time.
     pub fn add_route_files(&mut self, files: &[PathBuf]) {
         for path in files {
-            self.inputs += 1;
+            self.files += 1;
             let loaded = routes_file::load(path);
             if loaded.errors.is_empty() {
                 self.routes.extend(loaded.routes);
@@ -38,11 +58,79 @@ impl Report {
         }
     }
 
+    /// Adds labels given as `key=value` pairs, checked offline as the labels of the
+    /// host-network container `name`; their valid aliases contribute routes, as at run time.
+    pub fn add_labels(&mut self, pairs: &[(String, String)], name: &str) {
+        self.labels += pairs.len();
+        let parsed = docker_watcher::check_labels(pairs, name);
+        self.add_parsed(&parsed);
+    }
+
+    /// Adds a container of the engine `config` names, checked against its real networks.
+    pub async fn add_container(&mut self, config: &DockerConfig, name: &str) {
+        self.containers.push(name.to_string());
+        let (view, parsed) = match docker_watcher::check_container(config, name).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.errors.push(e.chain());
+                return;
+            }
+        };
+        if let Some(service) = view.labels.get(SWARM_SERVICE_ID_LABEL) {
+            self.notes.push(format!(
+                "{}: a task of swarm service {service}: on a swarm manager the service's labels make the \
+                 routes, not the container's",
+                view.name
+            ));
+        }
+        if !view.state.is_running() {
+            self.notes.push(format!(
+                "{}: the container is {}; its routes are served only while it runs",
+                view.name, view.state
+            ));
+        }
+        self.add_parsed(&parsed);
+    }
+
+    /// Adds what one container's labels ask for.
+    fn add_parsed(&mut self, parsed: &ContainerRoutes) {
+        let name = &parsed.name;
+        if parsed.excluded {
+            self.notes.push(format!("{name}: proxy.exclude=true: no routes"));
+            return;
+        }
+        if parsed.routes.is_empty() && parsed.errors.is_empty() && parsed.skipped.is_empty() {
+            self.notes.push(format!("{name}: no proxy.* label: dockward ignores it"));
+        }
+        self.routes.extend(parsed.routes.iter().cloned());
+        self.errors.extend(parsed.errors.iter().map(|e| format!("{name}: {e}")));
+        self.notes
+            .extend(parsed.skipped.iter().map(|s| format!("{name}: alias {:?} makes no route: {}", s.alias, s.reason)));
+    }
+
+    /// What was read, for the summary line: `2 files`, `4 labels and container web`.
+    fn inputs(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if self.files > 0 || (self.labels == 0 && self.containers.is_empty()) {
+            parts.push(plural(self.files, "file"));
+        }
+        if self.labels > 0 {
+            parts.push(plural(self.labels, "label"));
+        }
+        parts.extend(self.containers.iter().map(|c| format!("container {c}")));
+        match parts.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => parts.concat(),
+        }
+    }
+
     /// Adds an error for every pair of routes that would claim the same listen address.
     pub fn add_conflicts(&mut self) {
         for (i, a) in self.routes.iter().enumerate() {
             for b in &self.routes[..i] {
-                if a.protocol == b.protocol && overlaps(a, b) {
+                // The same alias, protocol and listen address from two places is one route
+                // with both targets (replicas, load-balanced), as `run` applies it.
+                if a.protocol == b.protocol && a.id() != b.id() && overlaps(a, b) {
                     self.errors.push(format!(
                         "{}: route {:?}: listens on {} {}, as route {:?} of {} does",
                         a.source, a.alias, a.protocol, a.listen, b.alias, b.source
@@ -55,27 +143,55 @@ impl Report {
 
 /// Runs the check and prints its report; exit 1 on any error, 2 when given nothing.
 pub fn check(args: &CheckArgs) -> ExitCode {
-    if args.routes.is_empty() {
-        eprintln!("error: nothing to check: give --routes FILE (several allowed)");
+    if args.routes.is_empty() && args.labels.is_empty() && args.containers.is_empty() {
+        eprintln!(
+            "error: nothing to check: give --routes FILE, --labels KEY=VALUE... or --container NAME (several allowed)"
+        );
         return ExitCode::from(2);
     }
     let mut report = Report::default();
     report.add_route_files(&args.routes);
+    if !args.labels.is_empty() {
+        report.add_labels(&args.labels, &args.name);
+    }
+    if !args.containers.is_empty() {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let config =
+            DockerConfig { request_timeout: ENGINE_TIMEOUT, ..DockerConfig::with_host(args.docker_host.clone()) };
+        runtime.block_on(async {
+            for name in &args.containers {
+                report.add_container(&config, name).await;
+            }
+        });
+    }
     report.add_conflicts();
 
     if !report.routes.is_empty() {
         print!("{}", render(&report.routes));
     }
-    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    for note in &report.notes {
+        println!("note: {note}");
+    }
     if report.errors.is_empty() {
-        println!("ok: {} in {}", plural(report.routes.len(), "route"), plural(report.inputs, "file"));
+        println!("ok: {} in {}", plural(report.routes.len(), "route"), report.inputs());
         return ExitCode::SUCCESS;
     }
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), plural(report.inputs, "file"));
+    eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), report.inputs());
     ExitCode::FAILURE
+}
+
+/// `1 route`, `2 routes`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Whether two routes of one protocol would claim the same port, as the route table judges.
@@ -179,6 +295,37 @@ mod tests {
         ] {
             assert_eq!(report(text).errors, Vec::<String>::new(), "{text}");
         }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn labels_give_routes_errors_and_notes_named_after_the_container() {
+        let mut r = Report::default();
+        r.add_labels(
+            &labels(&[("proxy.aliases", "ssh,web,bad"), ("proxy.ssh.port", "2222:22"), ("proxy.bad.prot", "1")]),
+            "gitea",
+        );
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[0].source, "gitea");
+        assert_eq!(r.errors, [r#"gitea: label proxy.bad.prot="1": unknown field (did you mean "port"?)"#]);
+        assert_eq!(r.notes, [r#"gitea: alias "web" makes no route: no port"#]);
+        assert_eq!(r.inputs(), "3 labels");
+
+        let mut r = Report::default();
+        r.add_labels(&labels(&[("proxy.exclude", "true"), ("proxy.a.port", "1:2")]), "x");
+        r.add_labels(&labels(&[("com.example", "1")]), "y");
+        assert_eq!(r.notes, ["x: proxy.exclude=true: no routes", "y: no proxy.* label: dockward ignores it"]);
+    }
+
+    #[test]
+    fn the_summary_names_every_kind_of_input() {
+        let r = Report { files: 2, labels: 1, containers: vec!["web".into(), "db".into()], ..Default::default() };
+        assert_eq!(r.inputs(), "2 files, 1 label, container web and container db");
+        assert_eq!(Report::default().inputs(), "0 files");
+        assert_eq!(Report { files: 1, ..Default::default() }.inputs(), "1 file");
     }
 
     #[test]
