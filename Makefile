@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ROUTES ?= examples/routes.yml
 
-.PHONY: build run test bench fmt lint
+.PHONY: build run test soak fuzz bench fmt lint
 
 build:
 	$(CARGO) build --workspace
@@ -22,6 +22,33 @@ test:
 		echo "$(CARGO) test --workspace --all-targets"; $(CARGO) test --workspace --all-targets; \
 	fi
 	$(CARGO) test --doc --workspace
+
+# Load without loss and leaks, against a release build (tests/load.rs, tests/docker_faults.rs):
+# 10 GiB of checked TCP, 1,000,000 numbered UDP datagrams paced under the lossless rate it
+# measures first, then 1,000 start/stop cycles of a labelled container (needs Docker). About
+# 8 minutes on 2 cores; the normal suite runs short versions of each.
+soak:
+	$(CARGO) build --release -p dockward
+	DOCKWARD_BIN="$$(cd "$${CARGO_TARGET_DIR:-target}" && pwd)/release/dockward" \
+		$(CARGO) test --release -p dockward-tests --test load --test docker_faults -- \
+		--ignored --test-threads=1 --nocapture
+
+# Fuzz the label parser, the routes-file parser and the PROXY header reader for
+# FUZZ_SECONDS each (default 60), outside CI's gate. cargo-fuzz (installed from crates.io when
+# missing) runs on the stable toolchain with --sanitizer none; crashes land in
+# fuzz/artifacts/<target>/, the growing corpus in fuzz/corpus/<target>/ (both untracked); the
+# runs start from fuzz/seeds/<target>/ and, for routes_file, the routes-file fixtures.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= labels routes_file proxy_header
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t; seeds=""; \
+		if [ -d seeds/$$t ]; then seeds=seeds/$$t; fi; \
+		if [ $$t = routes_file ]; then seeds="../tests/fixtures/valid ../tests/fixtures/invalid ../examples"; fi; \
+		$(CARGO) fuzz run --sanitizer none $$t corpus/$$t $$seeds -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 || exit 1; \
+	done
 
 # Loopback benchmark against direct, HAProxy, nginx stream and socat (bench/README.md); about
 # 12 minutes, writes bench/RESULTS.md. BENCH_QUICK=1 for a ~2-minute smoke run.

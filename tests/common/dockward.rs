@@ -56,11 +56,12 @@ fn build_bin() -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo reported no dockward executable".to_string())
 }
 
-/// A `dockward` command with a clean environment: no admin address, Docker host or log
-/// filter inherited from the machine running the tests.
+/// A `dockward` command with a clean environment: no admin address, Docker host, global
+/// ACL or log filter inherited from the machine running the tests.
 pub fn command() -> Command {
     let mut cmd = Command::new(bin());
     cmd.env_remove("DOCKWARD_ADMIN").env_remove("DOCKER_HOST").env_remove("RUST_LOG");
+    cmd.env_remove("DOCKWARD_ALLOW").env_remove("DOCKWARD_DENY");
     cmd
 }
 
@@ -103,6 +104,11 @@ impl Dockward {
 
     /// Like [`Dockward::start`] with the admin API at `admin` (e.g. `unix:/path`).
     pub fn start_with(yaml: &str, admin: &str) -> Self {
+        Self::start_with_args(yaml, admin, &[])
+    }
+
+    /// Like [`Dockward::start_with`], with more `dockward run` flags (`--deny 127.0.0.1`).
+    pub fn start_with_args(yaml: &str, admin: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let routes_file = dir.path().join("routes.yml");
         std::fs::write(&routes_file, yaml).expect("write routes file");
@@ -113,6 +119,7 @@ impl Dockward {
             .arg("--routes")
             .arg(&routes_file)
             .args(["--admin", admin, "--no-docker", "--log-level", "debug"])
+            .args(args)
             .arg("--admin-addr-file")
             .arg(&addr_file)
             .stdin(Stdio::null())
@@ -331,6 +338,24 @@ pub fn udp_echo_server() -> SocketAddr {
 /// test instead of hanging it.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    stream.set_write_timeout(Some(DEADLINE)).expect("write timeout");
+    stream
+}
+
+/// Like [`connect`], from the local address `from` (`127.0.0.2`, say: any of 127.0.0.0/8
+/// works on Linux without configuration), so the client differs from dockward's own peers.
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("runtime");
+    let stream = runtime
+        .block_on(async {
+            let socket =
+                if from.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket.connect(addr).await?.into_std()
+        })
+        .unwrap_or_else(|e| panic!("connect {addr} from {from}: {e}"));
+    stream.set_nonblocking(false).expect("blocking");
     stream.set_read_timeout(Some(DEADLINE)).expect("read timeout");
     stream.set_write_timeout(Some(DEADLINE)).expect("write timeout");
     stream

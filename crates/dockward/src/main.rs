@@ -1,27 +1,16 @@
 //! dockward: a label-driven TCP/UDP forwarder sidecar for Docker.
 //!
-//! Providers (routes files, Docker labels) publish the routes they want; the controller
-//! merges them and applies the whole set to proxy-core's route table, which diffs it
-//! against what runs. The admin API and `dockward routes` show the result.
+//! This file only parses the command line and runs one command; the library crate
+//! (`lib.rs`) holds everything else.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
-
-mod admin;
-mod cli;
-mod commands;
-mod controller;
-mod logging;
-mod metrics;
-mod providers;
-mod routes_file;
-mod routes_view;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, LogArgs, LogFormat};
+use dockward::cli::{Cli, Command, LogArgs, LogFormat};
+use dockward::{commands, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

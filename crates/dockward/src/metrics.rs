@@ -66,6 +66,8 @@ struct Counts {
     rejected: u64,
     udp_evicted: u64,
     udp_dropped: u64,
+    denied: u64,
+    proxy_header_errors: u64,
 }
 
 #[derive(Debug)]
@@ -104,6 +106,8 @@ impl Collector for RouteCollector {
             c.rejected += s.rejected;
             c.udp_evicted += s.evicted;
             c.udp_dropped += s.dropped;
+            c.denied += s.denied;
+            c.proxy_header_errors += s.proxy_header_errors;
         }
 
         gauge(
@@ -147,6 +151,22 @@ impl Collector for RouteCollector {
             c.udp_evicted
         })?;
         counter(&mut encoder, &routes, udp, "route_udp_dropped", "UDP datagrams dropped", |c| c.udp_dropped)?;
+        counter(
+            &mut encoder,
+            &routes,
+            all,
+            "route_denied",
+            "clients refused by the route's or the global ACL (TCP connections, UDP datagrams)",
+            |c| c.denied,
+        )?;
+        counter(
+            &mut encoder,
+            &routes,
+            tcp,
+            "route_proxy_header_errors",
+            "TCP connections closed for a missing, invalid, late or untrusted PROXY header",
+            |c| c.proxy_header_errors,
+        )?;
 
         let errors = self.view.provider_errors();
         let mut by_source: BTreeMap<String, i64> = BTreeMap::new();

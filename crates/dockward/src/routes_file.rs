@@ -8,10 +8,10 @@
 //! ```
 //!
 //! This module only reads the document's shape (a `routes:` map of alias → map of field →
-//! scalar). Every field, its name and its value, goes through proxy-core's
-//! [`fields`](proxy_core::fields) grammar, the same one Docker labels use, so the two can
-//! never drift apart. Errors name the file, the alias and the field; YAML syntax errors
-//! carry serde_norway's line and column.
+//! scalar, or a list of scalars for the [`LIST_FIELDS`]). Every field, its name and its
+//! value, goes through proxy-core's [`fields`] grammar, the same one Docker labels use, so
+//! the two can never drift apart. Errors name the file, the alias and the field; YAML syntax
+//! errors carry serde_norway's line and column.
 
 use std::path::Path;
 
@@ -23,6 +23,10 @@ use crate::providers::ProviderError;
 
 /// The target host of routes that do not set `host`.
 pub const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
+
+/// Fields whose value is a list (comma-separated in labels); the routes file also takes a
+/// YAML list for them: `allow: [10.0.0.0/8, 192.168.1.5]`.
+pub const LIST_FIELDS: &[&str] = &["allow", "deny", "trusted", "host"];
 
 /// The only key allowed at the top of a routes file.
 const ROUTES_KEY: &str = "routes";
@@ -148,6 +152,17 @@ pub fn parse(source: &str, text: &str) -> Loaded {
                     loaded.route_error(source, &alias, format!("{field}: no value"));
                     continue;
                 }
+                Value::Sequence(items) if LIST_FIELDS.contains(&field.as_str()) => match list_text(items) {
+                    Ok(text) => text,
+                    Err(found) => {
+                        loaded.route_error(
+                            source,
+                            &alias,
+                            format!("{field}: expected a list of single values, found {found} in the list"),
+                        );
+                        continue;
+                    }
+                },
                 other => match scalar_text(other) {
                     Some(text) => text,
                     None => {
@@ -185,6 +200,18 @@ pub fn parse(source: &str, text: &str) -> Loaded {
         }
     }
     loaded
+}
+
+/// The text of a YAML list for a field of [`LIST_FIELDS`]: its items joined with commas,
+/// as a label would write them (`[10.0.0.0/8, 192.168.1.5]` → `10.0.0.0/8,192.168.1.5`).
+/// An empty list is the empty text, the same as leaving the field out. `Err` describes the
+/// first item that is not a single value.
+fn list_text(items: &[Value]) -> Result<String, String> {
+    let mut texts = Vec::with_capacity(items.len());
+    for item in items {
+        texts.push(scalar_text(item).ok_or_else(|| describe(item))?);
+    }
+    Ok(texts.join(","))
 }
 
 /// The text of a scalar as the field grammar reads it; `None` for lists, maps and tags.
@@ -352,6 +379,60 @@ mod tests {
         );
         assert_eq!(errors("- a\n- b\n"), [r#"r.yml: expected a `routes:` map at the top, found a list"#]);
         assert_eq!(errors("routes: [ssh]\n"), [r#"r.yml: `routes` must map each alias to its fields, found a list"#]);
+    }
+
+    #[test]
+    fn address_lists_may_be_yaml_lists_or_comma_separated_text() {
+        let listed = routes(
+            "routes:
+  web:
+    port: 8080:80
+    host: [10.0.0.2, 10.0.0.3]
+    allow: [10.0.0.0/8, 192.168.1.5]
+    deny: ['10.0.0.9']
+    trusted: []
+",
+        );
+        let text = routes(
+            "routes:
+  web:
+    port: 8080:80
+    host: 10.0.0.2, 10.0.0.3
+    allow: 10.0.0.0/8, 192.168.1.5
+    deny: 10.0.0.9
+",
+        );
+        assert_eq!(listed, text);
+        let options = &listed[0].options;
+        assert_eq!(options.allow, ["10.0.0.0/8".parse().unwrap(), "192.168.1.5/32".parse().unwrap()]);
+        assert_eq!(options.deny, ["10.0.0.9/32".parse().unwrap()]);
+        assert!(options.trusted.is_empty(), "an empty list is the field left out");
+        assert_eq!(listed.iter().flat_map(|r| r.targets.iter()).count(), 2);
+    }
+
+    #[test]
+    fn list_items_must_be_single_values_and_addresses() {
+        assert_eq!(
+            errors("routes:\n  web: {port: 80, allow: [10.0.0.0/8, [192.168.1.5]]}\n"),
+            [r#"r.yml: route "web": allow: expected a list of single values, found a list in the list"#]
+        );
+        assert_eq!(
+            errors("routes:\n  web: {port: 80, deny: [10.0.0.0/33]}\n"),
+            [
+                r#"r.yml: route "web": deny "10.0.0.0/33": "10.0.0.0/33" is not an IP address or CIDR network (e.g. 10.0.0.0/8, 192.168.1.7, fd00::/8)"#
+            ]
+        );
+        assert_eq!(
+            errors("routes:\n  web: {port: [80, 81]}\n"),
+            [r#"r.yml: route "web": port: expected a single value, found a list"#]
+        );
+    }
+
+    #[test]
+    fn list_fields_are_fields() {
+        for f in LIST_FIELDS {
+            assert!(fields::is_field(f), "{f}");
+        }
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct RouteRow {
     pub evicted: u64,
     /// UDP datagrams dropped.
     pub dropped: u64,
+    /// Clients refused by the route's or the global ACL (`allow`/`deny`, `--allow`/`--deny`).
+    #[serde(default)]
+    pub denied: u64,
+    /// TCP connections closed for a missing, invalid, late or untrusted PROXY header.
+    #[serde(default)]
+    pub proxy_header_errors: u64,
     /// The latest error seen on the data path (a failed dial), even while listening.
     pub last_error: Option<String>,
     /// When the route entered the table (RFC 3339, UTC); `null` for a provider error.
@@ -115,6 +121,8 @@ impl RouteRow {
             rejected: s.rejected,
             evicted: s.evicted,
             dropped: s.dropped,
+            denied: s.denied,
+            proxy_header_errors: s.proxy_header_errors,
             last_error: s.last_error.clone(),
             since: Some(humantime::format_rfc3339_seconds(status.since).to_string()),
             age_seconds: Some(now.duration_since(status.since).unwrap_or_default().as_secs()),
@@ -143,6 +151,8 @@ impl RouteRow {
             rejected: 0,
             evicted: 0,
             dropped: 0,
+            denied: 0,
+            proxy_header_errors: 0,
             last_error: None,
             since: None,
             age_seconds: None,
@@ -257,7 +267,15 @@ mod tests {
             spec,
             state,
             since: SystemTime::UNIX_EPOCH,
-            stats: StatsSnapshot { active: 1, total: 3, bytes_in: 1536, bytes_out: 5, ..Default::default() },
+            stats: StatsSnapshot {
+                active: 1,
+                total: 3,
+                bytes_in: 1536,
+                bytes_out: 5,
+                denied: 4,
+                proxy_header_errors: 2,
+                ..Default::default()
+            },
             targets: Vec::new(),
         }
     }
@@ -276,6 +294,7 @@ mod tests {
         assert_eq!(json["error"], serde_json::Value::Null);
         assert_eq!((json["connections_active"].as_u64(), json["connections_total"].as_u64()), (Some(1), Some(3)));
         assert_eq!((json["bytes_in"].as_u64(), json["bytes_out"].as_u64()), (Some(1536), Some(5)));
+        assert_eq!((json["denied"].as_u64(), json["proxy_header_errors"].as_u64()), (Some(4), Some(2)));
         assert_eq!(json["since"], "1970-01-01T00:00:00Z");
         assert_eq!(json["age_seconds"], 125);
         let back: RouteRow = serde_json::from_value(json).unwrap();

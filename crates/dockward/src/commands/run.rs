@@ -26,6 +26,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = AdminListener::bind(&args.admin.admin).await?;
     let bound = listener.local_addr()?;
 
+    let global_acl = args.global_acl();
     let shutdown = CancellationToken::new();
     let mut providers = Vec::new();
     let mut seen = HashSet::new();
@@ -42,6 +43,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let controller = Controller::new(providers);
+    // Before the first apply, so no route ever serves without the global ACL.
+    controller.view().table().set_global_acl(global_acl);
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(listener, controller.view(), admin_stop.clone()));
     info!(admin = %bound, "admin API listening");

@@ -3,12 +3,15 @@
 //! [`docker_watcher::DockerWatcher`] keeps a snapshot of every labelled running container
 //! from the engine's events; this module turns each snapshot into a [`ProviderState`]:
 //! the routes, and one [`ProviderError`] per bad label (source = container name, alias when
-//! the label belongs to one). While the engine is unreachable the watcher retries in the
-//! background (a WARN at most once a minute) and the last known routes keep running.
+//! the label belongs to one). On a swarm manager the snapshot holds services too: their
+//! routes and errors come out the same way, with the service name as source. While the
+//! engine is unreachable the watcher retries in the background (a WARN at most once a
+//! minute) and the last known routes keep running.
 //!
 //! `DOCKWARD_DOCKER_LABEL_FILTER` (comma-separated `key` or `key=value`, all must match)
-//! restricts the provider to the containers carrying those labels, so several dockward
-//! instances can share one engine (the end-to-end tests run one per test case this way).
+//! restricts the provider to the containers (and services) carrying those labels, so
+//! several dockward instances can share one engine (the end-to-end tests run one per test
+//! case this way).
 
 use std::sync::Arc;
 
