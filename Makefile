@@ -25,8 +25,8 @@ test:
 
 # Load without loss and leaks, against a release build (tests/load.rs, tests/docker_faults.rs):
 # 10 GiB of checked TCP, 1,000,000 numbered UDP datagrams paced under the lossless rate it
-# measures first, then 1,000 start/stop cycles of a labelled container (needs Docker). About
-# 8 minutes on 2 cores; the normal suite runs short versions of each.
+# measures first, then 1,000 start/stop cycles of a labelled container (needs Docker). 5 to 8
+# minutes on 2 cores; the normal suite runs short versions of each.
 soak:
 	$(CARGO) build --release -p dockward
 	DOCKWARD_BIN="$$(cd "$${CARGO_TARGET_DIR:-target}" && pwd)/release/dockward" \

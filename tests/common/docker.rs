@@ -103,10 +103,16 @@ impl ContainerSpec {
 
     /// socat servers echoing on each address, under a shell that exits at once on SIGTERM
     /// (socat as PID 1 would ignore it, and every stop would wait for the kill timeout).
+    ///
+    /// TCP echoes copy in 4 KiB (`-b4096`): socat echoes through one pipe that only it reads,
+    /// and its default 8 KiB write into a nearly full pipe blocks for good, stalling a bulk
+    /// echo both ways at once; 4 KiB always fits once the pipe polls writable. (UDP keeps the
+    /// default: `-b` also caps the datagram size read.)
     fn socat(prefix: &str, listens: &[String], labels: &[(&str, &str)]) -> Self {
         let mut script = "trap 'exit 0' TERM INT; ".to_string();
         for l in listens {
-            script.push_str(&format!("/usr/bin/socat {l} PIPE & "));
+            let buffer = if l.starts_with("TCP") { "-b4096 " } else { "" };
+            script.push_str(&format!("/usr/bin/socat {buffer}{l} PIPE & "));
         }
         script.push_str("wait");
         ContainerSpec {
@@ -140,12 +146,23 @@ impl ContainerSpec {
     }
 }
 
+/// The `docker` CLI, talking to `host` when given (else to DOCKER_HOST or the local socket).
+pub fn docker_cli(host: Option<&str>) -> Command {
+    let mut cmd = Command::new("docker");
+    if let Some(host) = host {
+        cmd.args(["-H", host]);
+    }
+    cmd
+}
+
 /// A reachable engine, for one test case.
 pub struct TestEngine {
     /// The client (API version negotiated).
     pub docker: Docker,
     /// The test's name, carried by its containers.
     pub case: String,
+    /// The engine's address when it is not the default one (a [`crate::private_engine`]).
+    pub host: Option<String>,
 }
 
 impl TestEngine {
@@ -167,7 +184,21 @@ impl TestEngine {
         if SWEPT.set(()).is_ok() {
             sweep_stale(&docker).await;
         }
-        Some(TestEngine { docker, case: case.to_string() })
+        Some(TestEngine { docker, case: case.to_string(), host: None })
+    }
+
+    /// Connects to the engine at `host` (`unix:///path`), which must answer, and imports the
+    /// test image into it if it lacks it.
+    pub async fn connect_to(case: &str, host: &str) -> TestEngine {
+        let docker = Docker::connect_with_host(host)
+            .unwrap_or_else(|e| panic!("client for {host}: {e}"))
+            .with_timeout(Duration::from_secs(60));
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .unwrap_or_else(|_| panic!("{host}: version negotiation timed out"))
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        build_image(Some(host)).unwrap_or_else(|e| panic!("building {TEST_IMAGE} on {host}: {e}"));
+        TestEngine { docker, case: case.to_string(), host: Some(host.to_string()) }
     }
 
     async fn try_connect() -> Result<Docker, String> {
@@ -211,14 +242,14 @@ impl TestEngine {
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
         let created =
             self.docker.create_container(Some(options), body).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
-        TestContainer { docker: self.docker.clone(), id: created.id, name, armed: true }
+        TestContainer { docker: self.docker.clone(), host: self.host.clone(), id: created.id, name, armed: true }
     }
 
     /// Removes many containers with one `docker rm -f` (dropping each would take one call each).
     pub fn remove_all(&self, containers: &mut [TestContainer]) {
         for chunk in containers.chunks_mut(100) {
             let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
-            let status = Command::new("docker").arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).status();
+            let status = docker_cli(self.host.as_deref()).arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).status();
             if status.is_ok_and(|s| s.success()) {
                 chunk.iter_mut().for_each(|c| c.armed = false);
             }
@@ -238,12 +269,13 @@ impl Drop for TestEngine {
         // Whatever this case left behind (a container whose guard was leaked, say).
         let filter_run = format!("label={RUN_LABEL}={}", run_id());
         let filter_case = format!("label={CASE_LABEL}={}", self.case);
-        let out =
-            Command::new("docker").args(["ps", "-aq", "--filter", &filter_run, "--filter", &filter_case]).output();
+        let out = docker_cli(self.host.as_deref())
+            .args(["ps", "-aq", "--filter", &filter_run, "--filter", &filter_case])
+            .output();
         if let Ok(out) = out {
             let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker")
+                let _ = docker_cli(self.host.as_deref())
                     .arg("rm")
                     .arg("-f")
                     .args(&ids)
@@ -258,6 +290,8 @@ impl Drop for TestEngine {
 /// A test container; removed (forcibly) when dropped, even when the test panicked.
 pub struct TestContainer {
     docker: Docker,
+    /// The engine's address, when not the default one.
+    host: Option<String>,
     /// Whether dropping it still has to remove it.
     armed: bool,
     /// Its id.
@@ -279,6 +313,15 @@ impl TestContainer {
     pub async fn stop(&self) {
         let options = StopContainerOptions { t: Some(5), ..Default::default() };
         self.docker.stop_container(&self.id, Some(options)).await.unwrap_or_else(|e| panic!("stop {}: {e}", self.name));
+    }
+
+    /// Sends it `signal` (`docker kill -s SIGNAL`), e.g. `KILL`.
+    pub async fn kill(&self, signal: &str) {
+        let options = bollard::query_parameters::KillContainerOptions { signal: signal.to_string() };
+        self.docker
+            .kill_container(&self.id, Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("kill -s {signal} {}: {e}", self.name));
     }
 
     /// Pauses it.
@@ -311,19 +354,23 @@ impl Drop for TestContainer {
             return;
         }
         // Synchronous on purpose: Drop cannot await, and this must run during a panic too.
-        let _ =
-            Command::new("docker").args(["rm", "-f", &self.id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = docker_cli(self.host.as_deref())
+            .args(["rm", "-f", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 /// Imports [`TEST_IMAGE`] from the host's static busybox unless the engine has it.
 fn ensure_image() -> Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILT.get_or_init(build_image).clone()
+    BUILT.get_or_init(|| build_image(None)).clone()
 }
 
-fn build_image() -> Result<(), String> {
-    let present = Command::new("docker")
+/// Imports [`TEST_IMAGE`] into the engine at `host` (default: the usual one) unless it has it.
+fn build_image(host: Option<&str>) -> Result<(), String> {
+    let present = docker_cli(host)
         .args(["image", "inspect", "--format", "{{.Id}}", TEST_IMAGE])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -336,7 +383,7 @@ fn build_image() -> Result<(), String> {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .ok_or("no busybox on the host (apt-get install busybox-static)")?;
-    let dir = std::env::temp_dir().join(format!("dockward-test-image-{}", run_id()));
+    let dir = std::env::temp_dir().join(unique_name("image"));
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
     std::fs::copy(busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
@@ -358,7 +405,7 @@ fn build_image() -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("tar: {e}"))?;
     let tar_out = tar.stdout.ok_or("tar: no stdout")?;
-    let import = Command::new("docker")
+    let import = docker_cli(host)
         .args(["import", "-", TEST_IMAGE])
         .stdin(tar_out)
         .stdout(Stdio::null())
@@ -398,7 +445,7 @@ pub struct DockwardWithDocker {
 }
 
 impl DockwardWithDocker {
-    /// Starts `dockward run` watching the engine the tests use (DOCKER_HOST, else the local
+    /// Starts `dockward run` watching `engine` (its `host`, else DOCKER_HOST, else the local
     /// socket), serving `routes_yaml` as a routes file when given. It only sees the containers
     /// of `engine`'s test case (`DOCKWARD_DOCKER_LABEL_FILTER`), so parallel tests, each with
     /// its own dockward, never fight over each other's ports.
@@ -418,7 +465,7 @@ impl DockwardWithDocker {
             std::fs::write(&file, yaml).expect("write routes file");
             cmd.arg("--routes").arg(file);
         }
-        if let Ok(host) = std::env::var("DOCKER_HOST")
+        if let Some(host) = engine.host.clone().or_else(|| std::env::var("DOCKER_HOST").ok())
             && !host.is_empty()
         {
             cmd.args(["--docker-host", &host]);
@@ -442,6 +489,11 @@ impl DockwardWithDocker {
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dockward.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process still runs.

@@ -5,7 +5,13 @@
 //! - `dockward`: starting the built binary with a routes file and an admin address from
 //!   the OS, and stopping it.
 //! - `prometheus`: a strict reader of the Prometheus text format, for `/metrics`.
+//! - `private_engine`: a second dockerd of the test's own, to stop and start at will.
+//! - `load`: checksummed TCP streams and sequence-numbered UDP datagrams, for load tests.
+//! - `swarm`: a single-node Docker Swarm that is left at the end, and test services.
 
 pub mod docker;
 pub mod dockward;
+pub mod load;
+pub mod private_engine;
 pub mod prometheus;
+pub mod swarm;
