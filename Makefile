@@ -17,9 +17,9 @@ run:
 # which nextest does not run.
 test:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "$(CARGO) nextest run --workspace"; $(CARGO) nextest run --workspace; \
+		echo "$(CARGO) nextest run --workspace --no-fail-fast"; $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-		echo "$(CARGO) test --workspace --all-targets"; $(CARGO) test --workspace --all-targets; \
+		echo "$(CARGO) test --workspace --all-targets --no-fail-fast"; $(CARGO) test --workspace --all-targets --no-fail-fast; \
 	fi
 	$(CARGO) test --doc --workspace
 

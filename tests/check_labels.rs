@@ -163,15 +163,19 @@ ok: 0 routes in 2 labels
 
 #[test]
 fn labels_combine_with_routes_files_and_their_ports_conflict() {
-    let out = check(&["--routes", "tests/fixtures/valid/minimal.yml", "--labels", "proxy.ssh.port=2222:22"]);
+    let out = check(&["--routes", "tests/fixtures/valid/minimal.yml", "--labels", "proxy.git.port=2222:22"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
         "\
-error: container: route \"ssh\": listens on tcp 0.0.0.0:2222, as route \"ssh\" of tests/fixtures/valid/minimal.yml does
+error: container: route \"git\": listens on tcp 0.0.0.0:2222, as route \"ssh\" of tests/fixtures/valid/minimal.yml does
 check failed: 1 error in 1 file and 1 label
 "
     );
+
+    // The same alias on the same port is a replica of the file's route, not a conflict.
+    let out = check(&["--routes", "tests/fixtures/valid/minimal.yml", "--labels", "proxy.ssh.port=2222:22"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let out = check(&["--routes", "tests/fixtures/valid/minimal.yml", "--labels", "proxy.git.port=2223:22"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
