@@ -294,11 +294,19 @@ async fn start_event_to_snapshot_latency_is_printed() {
     w.stop().await;
 }
 
+/// Each publication needs a change, and each change an event of one of this test's
+/// containers (the label filter keeps other tests' containers, which share the engine and
+/// run in parallel, out of the count), so 40 starts can never make more than 40 snapshots.
+/// How many fewer depends on how the engine spaces its events, so that is printed, not asserted.
 #[tokio::test]
-async fn a_burst_of_starts_is_coalesced_into_few_snapshots() {
+async fn a_burst_of_starts_publishes_at_most_once_per_container() {
     let Some(engine) = TestEngine::connect("burst").await else { return };
     let count: usize = std::env::var("DOCKWARD_DOCKER_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let mut w = Running::synced(config()).await;
+    let only_ours = vec![
+        format!("{}={}", dockward_tests::docker::RUN_LABEL, run_id()),
+        format!("{}={}", dockward_tests::docker::CASE_LABEL, engine.case),
+    ];
+    let mut w = Running::synced(DockerConfig { label_filters: only_ours, ..config() }).await;
     let mut containers = Vec::new();
     for i in 0..count {
         let port = format!("{}", 21000 + i);
