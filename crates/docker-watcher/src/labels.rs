@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use proxy_core::fields::{self, RouteDraft};
+use proxy_core::fields::{self, Clipped, RouteDraft};
 use proxy_core::{RouteSpec, Target};
 use tracing::debug;
 
@@ -223,7 +223,7 @@ pub enum LabelError {
     /// One label is wrong: a bad value, an unknown field, an out-of-range `#N`.
     ///
     /// Displays as `label proxy.ssh.port="22:22:22": too many ':'; expected LISTEN:TARGET or TARGET`.
-    #[error("label {key}={value:?}: {reason}")]
+    #[error("label {}={}: {reason}", Clipped::bare(key), Clipped::quoted(value))]
     Label {
         /// The alias whose route the label breaks; `None` for a wildcard or container-wide label.
         alias: Option<String>,
@@ -559,7 +559,7 @@ fn listed_aliases(subject: &Subject<'_>, out: &mut ContainerRoutes) -> Vec<Strin
                 None,
                 LABEL_ALIASES,
                 value,
-                format!("{a:?} cannot be an alias: '#' and '*' start alias selectors"),
+                format!("{} cannot be an alias: '#' and '*' start alias selectors", Clipped::quoted(a)),
             ));
             continue;
         }

@@ -112,7 +112,7 @@ pub struct RunArgs {
     /// Global ACL: clients every route lets in, besides its own `allow`. IPs and CIDR
     /// networks, comma-separated or with the flag repeated; once set, every other client of
     /// every route is refused. `deny` wins over it.
-    #[arg(long, value_name = "CIDR,...", env = "DOCKWARD_ALLOW", value_parser = NetList::parse)]
+    #[arg(long, value_name = "CIDR,...", env = "DOCKWARD_ALLOW", value_parser = NetList::parse_allow)]
     pub allow: Vec<NetList>,
     /// Global ACL: clients every route refuses, whatever any `allow` says. IPs and CIDR
     /// networks, comma-separated or with the flag repeated.
@@ -140,6 +140,17 @@ impl NetList {
     /// Parses `10.0.0.0/8,192.168.1.5 fd00::/8`; the error names the entry at fault.
     pub fn parse(text: &str) -> Result<NetList, String> {
         acl::parse_nets(text).map(NetList).map_err(|e| e.to_string())
+    }
+
+    /// As [`NetList::parse`], but an empty list is an error: `--allow ""` would otherwise
+    /// let every client in, the opposite of what whoever wrote it meant.
+    pub fn parse_allow(text: &str) -> Result<NetList, String> {
+        match NetList::parse(text)? {
+            NetList(nets) if nets.is_empty() => Err("an empty allow list would let every client in: list IPs or \
+                                                     CIDR networks, or drop the flag"
+                .to_string()),
+            list => Ok(list),
+        }
     }
 }
 

@@ -100,7 +100,7 @@ pub fn parse(source: &str, text: &str) -> Loaded {
                 Some(hint) => format!(" (did you mean {hint:?}?)"),
                 None => format!(" (the only top-level key is {ROUTES_KEY:?})"),
             };
-            loaded.error(source, format!("unknown top-level key {key:?}{hint}"));
+            loaded.error(source, format!("unknown top-level key {}{hint}", proxy_core::fields::Clipped::quoted(&key)));
         }
     }
     let entries = match routes {

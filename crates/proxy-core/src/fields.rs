@@ -95,7 +95,8 @@ pub const FIELDS: &[FieldDoc] = &[
         name: "allow",
         default: "everyone",
         help: "IPs and CIDR networks let in, comma- or space-separated (`10.0.0.0/8, 192.168.1.7`); \
-               once set, every other client is refused; `deny` wins over it",
+               once set, every other client is refused; `deny` wins over it; an empty list is an error, not \
+               \"everyone\"",
     },
     FieldDoc {
         name: "deny",
@@ -146,7 +147,53 @@ pub struct FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?}: {}", self.field, self.value, self.reason)
+        write!(f, "{} {}: {}", Clipped::bare(&self.field), Clipped::quoted(&self.value), self.reason)
+    }
+}
+
+/// User input shown in an error, cut short when long: a 100 KB label value must not turn one
+/// error line into 100 KB of log. The error keeps the whole text; only its display is clipped.
+///
+/// ```
+/// use proxy_core::fields::Clipped;
+/// assert_eq!(Clipped::quoted("22:22:22").to_string(), r#""22:22:22""#);
+/// let long = "x".repeat(500);
+/// assert_eq!(Clipped::quoted(&long).to_string(), format!("{:?}… (500 bytes)", "x".repeat(Clipped::MAX_CHARS)));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Clipped<'a> {
+    text: &'a str,
+    quoted: bool,
+}
+
+impl<'a> Clipped<'a> {
+    /// How many characters are shown before the text is cut.
+    pub const MAX_CHARS: usize = 80;
+
+    /// Shown as a quoted, escaped string (`{:?}`).
+    pub fn quoted(text: &'a str) -> Self {
+        Clipped { text, quoted: true }
+    }
+
+    /// Shown as written (for names: a field, a label key, an alias).
+    pub fn bare(text: &'a str) -> Self {
+        Clipped { text, quoted: false }
+    }
+}
+
+impl fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cut = self.text.char_indices().nth(Self::MAX_CHARS).map(|(i, _)| i);
+        let shown = &self.text[..cut.unwrap_or(self.text.len())];
+        if self.quoted {
+            write!(f, "{shown:?}")?;
+        } else {
+            f.write_str(shown)?;
+        }
+        if cut.is_some() {
+            write!(f, "… ({} bytes)", self.text.len())?;
+        }
+        Ok(())
     }
 }
 
@@ -518,7 +565,19 @@ impl RouteDraft {
                 self.options.max_udp_sessions = n;
             }
             "drain_grace" => self.options.drain_grace = parse_duration(field, value)?,
-            "allow" => self.options.allow = parse_net_list(field, value)?,
+            "allow" => {
+                let nets = parse_net_list(field, value)?;
+                if nets.is_empty() {
+                    // Fail closed on a mistake, not open: an empty allow list would admit everyone.
+                    return Err(err(
+                        field,
+                        value,
+                        "an empty allow list would let every client in: list IPs or CIDR networks (e.g. \
+                         10.0.0.0/8), or drop the field; to refuse everyone, deny 0.0.0.0/0 ::/0",
+                    ));
+                }
+                self.options.allow = nets;
+            }
             "deny" => self.options.deny = parse_net_list(field, value)?,
             "trusted" => self.options.trusted = parse_net_list(field, value)?,
             "proxy_protocol" => {
@@ -841,6 +900,30 @@ mod tests {
         let d = draft(&[("port", "53:53"), ("scheme", "udp6"), ("bind", "0.0.0.0")]).unwrap();
         let e = d.build("x", "db").unwrap_err().to_string();
         assert!(e.contains("scheme udp6 but bind address 0.0.0.0 is IPv4"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_allow_list_is_an_error_not_an_open_door() {
+        for empty in ["", " ", ",", " , "] {
+            let e = draft(&[("port", "1:2"), ("allow", empty)]).unwrap_err();
+            assert_eq!(e.field, "allow");
+            assert!(e.reason.starts_with("an empty allow list would let every client in"), "{e}");
+        }
+        // An empty deny list refuses no one, which is what it says: not an error.
+        assert!(draft(&[("port", "1:2"), ("deny", "")]).unwrap().options.deny.is_empty());
+    }
+
+    #[test]
+    fn long_values_are_clipped_in_errors_but_kept_whole() {
+        let value = "é".repeat(10_000);
+        let e = draft(&[("scheme", &value)]).unwrap_err();
+        assert_eq!(e.value, value);
+        let shown = e.to_string();
+        assert!(shown.len() < 400, "{} bytes shown", shown.len());
+        assert!(shown.contains("… (20000 bytes)"), "{shown}");
+        let field = "f".repeat(1_000);
+        let shown = unknown_field(&field, "v").to_string();
+        assert!(shown.starts_with(&format!("{}… (1000 bytes) \"v\": unknown field", "f".repeat(80))), "{shown}");
     }
 
     #[test]
