@@ -203,6 +203,29 @@ pub enum ParseError {
     V2(String),
 }
 
+/// What is wrong with a v2 header, in the terms of the specification (byte 13 is version and
+/// command, byte 14 family and transport) rather than ppp's (which prints nibbles as shifted
+/// hex: "version 10" for version 1).
+fn v2_reason(e: &ppp::v2::ParseError) -> String {
+    use ppp::v2::ParseError as E;
+    match *e {
+        E::Version(v) => format!("version {} in byte 13; expected 2", v >> 4),
+        E::Command(c) => format!("command {c} in byte 13; expected 0 (LOCAL) or 1 (PROXY)"),
+        E::AddressFamily(a) => {
+            format!("address family {} in byte 14; expected 0 (UNSPEC), 1 (INET), 2 (INET6) or 3 (UNIX)", a >> 4)
+        }
+        E::Protocol(p) => format!("transport protocol {p} in byte 14; expected 0 (UNSPEC), 1 (STREAM) or 2 (DGRAM)"),
+        E::InvalidAddresses(len, need) => {
+            format!("its length field says {len} bytes, fewer than the {need} its address family needs")
+        }
+        E::InvalidTLV(kind, len) => format!("TLV 0x{kind:02X} of {len} bytes runs past the end of the header"),
+        E::Leftovers(n) => format!("{n} bytes after the addresses do not form a whole TLV"),
+        // Not reached (the signature is checked first and short input is "incomplete"), but
+        // ppp's own text is still better than nothing should that change.
+        _ => e.to_string(),
+    }
+}
+
 /// Parses a PROXY header (v1 or v2, detected) at the start of `buf`.
 ///
 /// Returns [`Parsed::Incomplete`] while `buf` is a proper beginning of a header (including
@@ -278,7 +301,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ParseError> {
     let header = match ppp::v2::Header::try_from(buf) {
         Ok(header) => header,
         Err(ppp::v2::ParseError::Partial(..) | ppp::v2::ParseError::Incomplete(..)) => return Ok(Parsed::Incomplete),
-        Err(e) => return Err(ParseError::V2(e.to_string())),
+        Err(e) => return Err(ParseError::V2(v2_reason(&e))),
     };
     let transport = match header.protocol {
         ppp::v2::Protocol::Stream => Transport::Stream,
