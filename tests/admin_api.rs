@@ -29,8 +29,7 @@ fn metrics_parse_as_prometheus_text_and_carry_the_counters() {
     assert_eq!(exp.value("dockward_route_bytes_out_total", &route), Some(10.0));
     assert_eq!(exp.value("dockward_route_dial_errors_total", &route), Some(0.0));
     assert_eq!(exp.value("dockward_route_up", &route), Some(1.0));
-    let source = dw.routes_file.display().to_string();
-    assert_eq!(exp.value("dockward_route_up", &[("alias", "echo"), ("source", &source)]), Some(1.0));
+    assert_eq!(exp.value("dockward_route_up", &[("alias", "echo"), ("listen", &listen.to_string())]), Some(1.0));
     for family in ["dockward_route_udp_sessions_total", "dockward_route_udp_sessions_active", "dockward_build_info"] {
         assert!(exp.types.contains_key(family), "{family} is declared:\n{text}");
     }

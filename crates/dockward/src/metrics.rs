@@ -1,7 +1,8 @@
 //! `GET /metrics`: per-route counters in Prometheus text format, read from the route table
 //! at scrape time (no second set of counters to keep in step).
 //!
-//! Every per-route series carries the labels `alias`, `protocol` and `source`.
+//! Every per-route series carries the labels `alias`, `protocol` and `listen` (the bound
+//! address, else the configured one).
 
 use std::collections::BTreeMap;
 
@@ -83,7 +84,10 @@ impl Collector for RouteCollector {
             let labels = [
                 ("alias", spec.alias.clone()),
                 ("protocol", spec.protocol.as_str().to_string()),
-                ("source", spec.source.clone()),
+                // The listening address, not the source: a load-balanced route's source is the
+                // list of its replicas, which changes on every scale up or down and would start
+                // a new series (and reset every counter) each time.
+                ("listen", status.bound.unwrap_or(spec.listen).to_string()),
             ];
             let c = routes.entry(labels).or_default();
             let s = &status.stats;
