@@ -11,15 +11,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use dockward_tests::docker::{
-    CASE_LABEL, ContainerSpec, RUN_LABEL, TestEngine, free_tcp_port, run_id, tcp_echo_eventually,
-};
-use dockward_tests::dockward::{DEADLINE, Dockward, command, http_get, poll};
+use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, tcp_echo_eventually};
+use dockward_tests::dockward::Dockward;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -151,69 +148,6 @@ fn engine_socket() -> Option<PathBuf> {
     }
 }
 
-/// `dockward run` with the Docker provider on, talking to `docker_host`, seeing only this
-/// test's containers. Killed when dropped.
-struct Controller {
-    child: Child,
-    dir: tempfile::TempDir,
-    admin: String,
-}
-
-impl Controller {
-    fn start(docker_host: &str, case: &str) -> Controller {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr_file = dir.path().join("admin.addr");
-        let log = std::fs::File::create(dir.path().join("dockward.log")).expect("log file");
-        let child = command()
-            .env("DOCKWARD_DOCKER_LABEL_FILTER", format!("{RUN_LABEL}={},{CASE_LABEL}={case}", run_id()))
-            .args(["run", "--admin", "127.0.0.1:0", "--docker-host", docker_host])
-            .args(["--log-level", "debug,bollard=info,hyper=info,hyper_util=info"])
-            .arg("--admin-addr-file")
-            .arg(&addr_file)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("dockward starts");
-        let mut controller = Controller { child, dir, admin: String::new() };
-        controller.admin = poll("the admin address file", DEADLINE, || {
-            if let Ok(Some(status)) = controller.child.try_wait() {
-                panic!("dockward exited with {status}:\n{}", controller.log());
-            }
-            Some(std::fs::read_to_string(&addr_file).ok()?.trim().to_string())
-        });
-        controller
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dockward.log")).unwrap_or_default()
-    }
-
-    /// Waits until `alias` of `source` listens.
-    fn wait_listening(&self, source: &str, alias: &str, limit: Duration) {
-        let give_up = Instant::now() + limit;
-        loop {
-            let (_, body) = http_get(&self.admin, "/routes").expect("GET /routes");
-            let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("JSON rows");
-            if rows.iter().any(|r| r["source"] == source && r["alias"] == alias && r["state"] == "listening") {
-                return;
-            }
-            assert!(Instant::now() < give_up, "{alias} of {source} never listened; rows: {body}\nlog:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- dockward log ----\n{}---- end of log ----", self.log());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dockward_needs_only_read_only_docker_api_calls() {
     let case = "security_read_only_docker";
@@ -224,7 +158,7 @@ async fn dockward_needs_only_read_only_docker_api_calls() {
     };
     let proxy = FilterProxy::start(upstream);
     let host = proxy.host();
-    let controller = tokio::task::spawn_blocking(move || Controller::start(&host, "security_read_only_docker"))
+    let controller = tokio::task::spawn_blocking(move || DockwardWithDocker::start_at(Some(&host), case, None))
         .await
         .expect("start dockward");
 
@@ -235,7 +169,7 @@ async fn dockward_needs_only_read_only_docker_api_calls() {
         .await;
     let name = c.name.clone();
     let controller = tokio::task::spawn_blocking(move || {
-        controller.wait_listening(&name, "svc", Duration::from_secs(15));
+        controller.wait_row(&name, "svc", "listening", Duration::from_secs(15), |r| r["state"] == "listening");
         let addr = SocketAddr::from(([127, 0, 0, 1], listen));
         assert_eq!(tcp_echo_eventually(addr, b"read-only", Duration::from_secs(15)), b"read-only");
         controller

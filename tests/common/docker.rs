@@ -450,40 +450,27 @@ impl DockwardWithDocker {
     /// of `engine`'s test case (`DOCKWARD_DOCKER_LABEL_FILTER`), so parallel tests, each with
     /// its own dockward, never fight over each other's ports.
     pub fn start(engine: &TestEngine, routes_yaml: Option<&str>) -> Self {
-        use crate::dockward::{DEADLINE, command, poll};
+        let host = engine.host.clone().or_else(|| std::env::var("DOCKER_HOST").ok()).filter(|h| !h.is_empty());
+        Self::start_at(host.as_deref(), &engine.case, routes_yaml)
+    }
+
+    /// Like [`DockwardWithDocker::start`], talking to the engine at `docker_host` (`None`: the
+    /// local socket) and seeing only the containers of test case `case`.
+    pub fn start_at(docker_host: Option<&str>, case: &str, routes_yaml: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr_file = dir.path().join("admin.addr");
-        let log = std::fs::File::create(dir.path().join("dockward.log")).expect("log file");
-        let mut cmd = command();
-        cmd.env("DOCKWARD_DOCKER_LABEL_FILTER", format!("{RUN_LABEL}={},{CASE_LABEL}={}", run_id(), engine.case));
-        cmd.arg("run")
-            .args(["--admin", "127.0.0.1:0", "--log-level", "debug,bollard=info,hyper=info,hyper_util=info"])
-            .arg("--admin-addr-file")
-            .arg(&addr_file);
+        let mut cmd = crate::dockward::command();
+        cmd.env("DOCKWARD_DOCKER_LABEL_FILTER", format!("{RUN_LABEL}={},{CASE_LABEL}={case}", run_id()));
+        cmd.arg("run").args(["--admin", "127.0.0.1:0", "--log-level", "debug,bollard=info,hyper=info,hyper_util=info"]);
         if let Some(yaml) = routes_yaml {
             let file = dir.path().join("routes.yml");
             std::fs::write(&file, yaml).expect("write routes file");
             cmd.arg("--routes").arg(file);
         }
-        if let Some(host) = engine.host.clone().or_else(|| std::env::var("DOCKER_HOST").ok())
-            && !host.is_empty()
-        {
-            cmd.args(["--docker-host", &host]);
+        if let Some(host) = docker_host {
+            cmd.args(["--docker-host", host]);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("dockward starts");
-        let mut d = DockwardWithDocker { child, dir, admin: String::new() };
-        d.admin = poll("the admin address file", DEADLINE, || {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("dockward exited during start-up with {status}:\n{}", d.log());
-            }
-            Some(std::fs::read_to_string(&addr_file).ok()?.trim().to_string())
-        });
-        d
+        let (child, admin) = crate::dockward::spawn_controller(cmd, dir.path());
+        DockwardWithDocker { child, dir, admin }
     }
 
     /// Everything it logged so far.

@@ -82,6 +82,31 @@ pub fn poll<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>
     }
 }
 
+/// Spawns `cmd` (a `dockward run ...` without `--admin-addr-file`) with its stdout and stderr
+/// in `dir/dockward.log`, and waits until it has written its admin address, which it returns
+/// (`127.0.0.1:PORT` or `unix:/path`); fails with the log if the process exits first.
+pub fn spawn_controller(mut cmd: Command, dir: &Path) -> (Child, String) {
+    let addr_file = dir.join("admin.addr");
+    let log_path = dir.join("dockward.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = cmd
+        .arg("--admin-addr-file")
+        .arg(&addr_file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("dockward starts");
+    let admin = poll("the admin address file", DEADLINE, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("dockward exited during start-up with {status}:\n{log}");
+        }
+        Some(std::fs::read_to_string(&addr_file).ok()?.trim().to_string())
+    });
+    (child, admin)
+}
+
 /// A running `dockward run`, with its own directory holding the routes file and the log.
 ///
 /// Dropping it kills the process; a failing test prints the process's log.
@@ -112,30 +137,11 @@ impl Dockward {
         let dir = tempfile::tempdir().expect("temp dir");
         let routes_file = dir.path().join("routes.yml");
         std::fs::write(&routes_file, yaml).expect("write routes file");
-        let addr_file = dir.path().join("admin.addr");
-        let log = std::fs::File::create(dir.path().join("dockward.log")).expect("log file");
-        let child = command()
-            .arg("run")
-            .arg("--routes")
-            .arg(&routes_file)
-            .args(["--admin", admin, "--no-docker", "--log-level", "debug"])
-            .args(args)
-            .arg("--admin-addr-file")
-            .arg(&addr_file)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("dockward starts");
-        let mut dockward = Dockward { child, dir, routes_file, admin: String::new(), exit: None };
-        dockward.admin = poll("the admin address file", DEADLINE, || {
-            if let Some(status) = dockward.try_exit() {
-                panic!("dockward exited during start-up with {status}:\n{}", dockward.log());
-            }
-            let text = std::fs::read_to_string(&addr_file).ok()?;
-            Some(text.trim().to_string())
-        });
-        dockward
+        let mut cmd = command();
+        cmd.arg("run").arg("--routes").arg(&routes_file);
+        cmd.args(["--admin", admin, "--no-docker", "--log-level", "debug"]).args(args);
+        let (child, admin) = spawn_controller(cmd, dir.path());
+        Dockward { child, dir, routes_file, admin, exit: None }
     }
 
     /// The process id.
