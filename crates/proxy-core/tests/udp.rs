@@ -669,3 +669,183 @@ async fn route_on_ipv6_loopback_forwards() {
     table.shutdown().await;
     assert!(std::net::UdpSocket::bind(proxy).is_ok(), "port still held after shutdown");
 }
+
+// ---------------------------------------------------------------------------------------
+// Session sockets: descriptors, eviction, ICMP
+// ---------------------------------------------------------------------------------------
+
+/// How many descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count()
+}
+
+/// The soft limit on open descriptors, from /proc/self/limits.
+fn fd_limit() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
+    limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// A client socket on its own loopback address (127.1.x.y), so that no two of `n` clients
+/// share an address even after one is closed and its port reused.
+async fn client_number(i: usize) -> UdpSocket {
+    let ip = Ipv4Addr::new(127, 1 + (i / 62_500) as u8, (i / 250 % 250) as u8, (i % 250 + 1) as u8);
+    UdpSocket::bind((ip, 0)).await.expect("bind client")
+}
+
+/// The health of the route's targets: `(healthy, failures)` each.
+fn target_health(table: &RouteTable, alias: &str) -> Vec<(bool, u64)> {
+    let status = table.status().into_iter().find(|s| s.spec.alias == alias).expect("route in table");
+    status.targets.iter().map(|t| (t.healthy, t.failures)).collect()
+}
+
+#[tokio::test]
+async fn ten_thousand_sessions_open_expire_and_close_every_socket() {
+    // One upstream socket per session lives in this process: stay under the fd limit.
+    let sessions = 10_000.min(fd_limit().saturating_sub(500));
+    if sessions < 10_000 {
+        println!("note: the fd limit allows {sessions} sessions, not 10,000");
+    }
+    let idle = Duration::from_secs(30);
+    let echo = Upstream::start(LOCALHOST, Reply::Echo).await;
+    let before_route = open_fds();
+    let table = RouteTable::new();
+    let options = RouteOptions { udp_idle_timeout: idle, ..RouteOptions::default() };
+    let route = udp_route("many", any_port(LOCALHOST), vec![echo.target()]).with_options(options);
+    let proxy = start(&table, vec![route]).await;
+    let with_route = open_fds();
+
+    // One datagram and its echo per client; the client's socket is closed after it.
+    for i in 0..sessions {
+        let client = client_number(i).await;
+        let payload = format!("session {i}");
+        assert_eq!(roundtrip(&client, proxy, payload.as_bytes()).await, payload.as_bytes());
+    }
+    let s = stats(&table, "many");
+    assert_eq!((s.total, s.active, s.evicted, s.dropped), (sessions as u64, sessions as u64, 0, 0));
+    // Each session holds its upstream socket; the route adds one epoll descriptor.
+    assert_eq!(open_fds(), with_route + 1 + sessions, "one descriptor per session");
+
+    tokio::time::pause();
+    tokio::time::advance(idle + Duration::from_secs(1)).await;
+    eventually("every session expired", || stats(&table, "many").active == 0).await;
+    tokio::time::resume();
+    assert_eq!(open_fds(), with_route + 1, "every session socket is closed");
+    let s = stats(&table, "many");
+    assert_eq!((s.total, s.evicted), (sessions as u64, 0));
+
+    table.shutdown().await;
+    assert_eq!(open_fds(), before_route, "the route left no descriptor behind");
+}
+
+#[tokio::test]
+async fn evicted_sessions_close_their_sockets_and_the_rest_keep_theirs() {
+    const CAP: usize = 50;
+    const CLIENTS: usize = 200;
+    let who = Upstream::start(LOCALHOST, Reply::WhoAmI).await;
+    let table = RouteTable::new();
+    let options = RouteOptions { max_udp_sessions: CAP as u32, ..RouteOptions::default() };
+    let route = udp_route("capped", any_port(LOCALHOST), vec![who.target()]).with_options(options);
+    let proxy = start(&table, vec![route]).await;
+    let with_route = open_fds();
+
+    let mut clients = Vec::new();
+    let mut upstreams = Vec::new();
+    for i in 0..CLIENTS {
+        let client = client_number(i).await;
+        upstreams.push(whoami(&client, proxy).await);
+        clients.push(client);
+        // A second apart: recency never hinges on clock resolution.
+        time_travel(Duration::from_secs(1)).await;
+    }
+    let s = stats(&table, "capped");
+    assert_eq!((s.total, s.active, s.evicted), (CLIENTS as u64, CAP as u64, (CLIENTS - CAP) as u64));
+    // The route's epoll descriptor, and one socket per session left.
+    assert_eq!(open_fds(), with_route + clients.len() + 1 + CAP, "evicted sockets are closed");
+
+    // The last CAP clients kept their sessions (and upstream sockets).
+    for i in CLIENTS - CAP..CLIENTS {
+        assert_eq!(whoami(&clients[i], proxy).await, upstreams[i], "client {i} kept its upstream");
+    }
+    assert_eq!(stats(&table, "capped").evicted, (CLIENTS - CAP) as u64);
+    // The first comes back with a fresh session, evicting the least recently used.
+    assert_ne!(whoami(&clients[0], proxy).await, upstreams[0], "client 0 was evicted");
+    let s = stats(&table, "capped");
+    assert_eq!((s.total, s.active, s.evicted), (CLIENTS as u64 + 1, CAP as u64, (CLIENTS - CAP) as u64 + 1));
+    table.shutdown().await;
+}
+
+#[tokio::test]
+async fn icmp_unreachable_read_on_the_session_socket_marks_the_target_down_and_a_reply_up() {
+    let reserved = std::net::UdpSocket::bind((LOCALHOST, 0)).expect("reserve a port");
+    let target_addr = reserved.local_addr().expect("reserved address");
+    drop(reserved);
+    let table = RouteTable::new();
+    let target = Target::new(target_addr.ip().to_string(), target_addr.port());
+    let proxy = start(&table, vec![udp_route("down", any_port(LOCALHOST), vec![target])]).await;
+    assert_eq!(target_health(&table, "down"), vec![(true, 0)]);
+    let client = client(LOCALHOST).await;
+
+    // Nobody listens: the kernel answers with ICMP port unreachable, which the session's
+    // socket reports as ECONNREFUSED.
+    client.send_to(b"nobody home", proxy).await.expect("send");
+    eventually("the target is marked down", || target_health(&table, "down") == vec![(false, 1)]).await;
+    let s = stats(&table, "down");
+    assert_eq!((s.total, s.active), (1, 1), "the session stays");
+
+    let Ok(server) = UdpSocket::bind(target_addr).await else {
+        println!("skipped: the reserved port {target_addr} was taken by someone else");
+        return;
+    };
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let upstream = loop {
+        assert!(tokio::time::Instant::now() < deadline, "no datagram reached the target after it came up");
+        client.send_to(b"anyone now?", proxy).await.expect("send");
+        if let Ok(Ok((_, from))) = tokio::time::timeout(Duration::from_millis(200), server.recv_from(&mut buf)).await {
+            break from;
+        }
+    };
+    server.send_to(b"here", upstream).await.expect("reply");
+    assert_eq!(recv(&client).await, b"here");
+    eventually("a reply marks the target up", || target_health(&table, "down") == vec![(true, 0)]).await;
+    table.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_opened_before_and_after_an_idle_timeout_update_keep_their_own_timeout() {
+    let echo = Upstream::start(LOCALHOST, Reply::Echo).await;
+    let table = RouteTable::new();
+    let long = RouteOptions { udp_idle_timeout: Duration::from_secs(60), ..RouteOptions::default() };
+    let route = udp_route("timeouts", any_port(LOCALHOST), vec![echo.target()]).with_options(long);
+    let proxy = start(&table, vec![route.clone()]).await;
+    let old = client(LOCALHOST).await;
+    assert_eq!(roundtrip(&old, proxy, b"old").await, b"old");
+
+    let short = RouteOptions { udp_idle_timeout: Duration::from_secs(10), ..RouteOptions::default() };
+    let report = table.apply(vec![route.with_options(short)]).await;
+    assert_eq!(report.updated.len(), 1, "updated in place: {report:?}");
+    let new = client(LOCALHOST).await;
+    assert_eq!(roundtrip(&new, proxy, b"new").await, b"new");
+    assert_eq!(stats(&table, "timeouts").active, 2);
+
+    // The new session ends after its 10 s; the old one keeps its 60 s.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    eventually("the new session expired", || stats(&table, "timeouts").active == 1).await;
+    tokio::time::advance(Duration::from_secs(40)).await;
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(stats(&table, "timeouts").active, 1, "the old session ended before its own timeout");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    eventually("the old session expired", || stats(&table, "timeouts").active == 0).await;
+    tokio::time::resume();
+    let s = stats(&table, "timeouts");
+    assert_eq!((s.total, s.evicted), (2, 0));
+    table.shutdown().await;
+}

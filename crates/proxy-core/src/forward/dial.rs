@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::{TcpStream, UdpSocket, lookup_host};
+use tokio::net::{TcpStream, lookup_host};
 use tokio::time::Instant;
 
 use crate::balance::{Lease, TargetSet, Try};
@@ -106,9 +106,15 @@ pub(crate) async fn tcp(
 /// A UDP socket connected to the target of `set` picked for a client from `client` (the
 /// next one if its name does not resolve), with the lease counting the session on it.
 ///
+/// The socket is a plain non-blocking one, not registered with Tokio: the UDP forwarder
+/// watches it through its own epoll instance.
+///
 /// A UDP "connect" sends nothing, so a dial cannot tell a live target from a dead one:
 /// only a name that does not resolve marks a target down here.
-pub(crate) async fn udp(set: &TargetSet, client: IpAddr) -> Result<(UdpSocket, SocketAddr, Lease), DialError> {
+pub(crate) async fn udp(
+    set: &TargetSet,
+    client: IpAddr,
+) -> Result<(std::net::UdpSocket, SocketAddr, Lease), DialError> {
     let mut last = None;
     for (index, _) in set.plan(client, Instant::now(), false) {
         let member = &set.members()[index];
@@ -121,7 +127,7 @@ pub(crate) async fn udp(set: &TargetSet, client: IpAddr) -> Result<(UdpSocket, S
             }
         };
         for addr in addrs {
-            match udp_connect(addr).await {
+            match udp_connect(addr) {
                 Ok(socket) => return Ok((socket, addr, Lease::new(member.clone()))),
                 // A local failure (no socket left): not the target's fault.
                 Err(source) => last = Some(DialError::Connect { target: member.target().clone(), addr, source }),
@@ -131,14 +137,11 @@ pub(crate) async fn udp(set: &TargetSet, client: IpAddr) -> Result<(UdpSocket, S
     Err(last.unwrap_or_else(|| DialError::Refused("route has no target".into())))
 }
 
-/// An unconnected-then-connected UDP socket of `addr`'s family on an OS-picked port.
-async fn udp_connect(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(addr).await?;
-    Ok(socket)
+/// A non-blocking, close-on-exec UDP socket of `addr`'s family connected to it (which
+/// binds it to an OS-picked port).
+fn udp_connect(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
 }

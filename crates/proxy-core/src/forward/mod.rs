@@ -9,6 +9,7 @@
 
 pub(crate) mod bind;
 pub(crate) mod dial;
+pub(crate) mod epoll;
 pub(crate) mod health;
 pub(crate) mod mmsg;
 #[cfg(target_os = "linux")]

@@ -1,66 +1,102 @@
 //! The UDP forwarder: one listening socket per route, one session per client address.
 //!
+//! # One task per route
+//!
+//! A route's UDP traffic, both ways, and the lifetime of all its sessions are handled by a
+//! single task, [`serve`], which owns the session table outright (no lock and no channel on
+//! the data path; only the route's counters are shared). A session is a plain record in
+//! that table: it costs no task, no Tokio registration, no timer and no cancellation token.
+//! This is what keeps an idle session at about 200 bytes of user-space memory (slab slot,
+//! map entry, heap entry), where a relay task, a socket registration and a child token per
+//! session cost about 1.8 KB; and it saves a task wake-up per reply: the datagrams of both
+//! directions are moved by the task that is already running. The price is that one route's
+//! datagrams are forwarded on one core at a time; at the rates a single core sustains
+//! (hundreds of thousands of datagrams per second), that is the better trade than
+//! cross-thread wake-ups and a shared, locked table.
+//!
+//! The task waits, in one `select!`, for: the listening socket (client datagrams), the
+//! sessions' epoll instance (replies), the route's one timer (idle expiry), the news of
+//! name lookups (see *Dialling*) and cancellation. Client datagrams and replies take turns
+//! when both are waiting, so neither direction can starve the other.
+//!
 //! # Sessions
 //!
 //! The first datagram from a client address opens a session: the pre-dial hook is asked,
 //! the route's *current* settings are read (so an update in place reaches new sessions
-//! while existing ones keep their upstream, idle timeout and hooks), and a UDP socket
-//! *connected* to a target is made for it. Datagrams from the client are sent on that
-//! socket straight from the route's single receive loop, in arrival order, through one
-//! reusable 64 KiB buffer: nothing is allocated and no task is spawned per datagram. A run
-//! of one client's datagrams within a receive batch leaves in one sendmmsg.
-//! (Should an upstream socket's send buffer be full, the loop waits for it, as a blocking
-//! forwarder would, rather than drop or reorder.)
-//! Replies are read by one relay task per session and sent back to the client from the
-//! listening socket; a connected socket only accepts datagrams from its target.
+//! while existing ones keep their upstream, idle timeout and hooks), and a plain
+//! non-blocking UDP socket *connected* to a target is made for it. Sessions live in a slab
+//! (indexed by a key of slot and generation) with a map from client address to slot.
 //!
-//! When every target is an IP literal, the upstream socket is made inline (no lookup, so
-//! no waiting). Otherwise the session starts in a *dialling* state: the lookup runs in its
-//! own task (bounded by `connect_timeout`) so one slow resolver answer never stalls the
-//! route, and the client's datagrams meanwhile wait in a small bounded queue
-//! ([`PENDING_MAX_DATAGRAMS`] per session, [`PENDING_MAX_BYTES`] per route; beyond it they
-//! are dropped and counted). The queue is flushed in order once the socket is ready.
+//! **Client → target.** Datagrams are received from the listening socket in batches
+//! (recvmmsg) into buffers reused for the route's life, and sent on the session's socket in
+//! arrival order: a run of one client's datagrams within a batch leaves in one sendmmsg.
+//! Nothing is allocated and nothing is spawned per datagram. Should a session socket's
+//! send buffer be full (rare), the task waits for it to drain (a temporary Tokio
+//! registration of that one socket) rather than drop or reorder, as a blocking forwarder
+//! would.
+//!
+//! **Target → client.** Every session socket is registered, level-triggered and readable,
+//! in one epoll instance per route (see [`super::epoll`]), with the session's key as the
+//! event data, never a pointer. That epoll descriptor is itself registered with Tokio
+//! (`AsyncFd`), so the route's task wakes when *any* session socket is readable. It then
+//! collects the ready keys, drains each socket (at most [`REPLY_BURST`] datagrams per
+//! socket per round, for fairness) into one batch and sends the batch from the listening
+//! socket with one sendmmsg, each datagram to its own client, across sessions. A connected
+//! socket only accepts datagrams from its target.
+//!
+//! **Dialling.** When every target is an IP literal, the upstream socket is made inline
+//! (no lookup, so no waiting). Otherwise the session starts in a *dialling* state: the
+//! lookup runs in its own task (bounded by `connect_timeout`) so one slow resolver answer
+//! never stalls the route, and the client's datagrams meanwhile wait in a small bounded
+//! queue ([`PENDING_MAX_DATAGRAMS`] per session, [`PENDING_MAX_BYTES`] per route; beyond it
+//! they are dropped and counted). The queue is flushed in order once the socket is ready.
+//!
+//! A session ends by leaving the table: its socket is removed from the epoll instance
+//! and closed, its lookup task (if any) aborted, its counters settled. Besides idleness,
+//! eviction and the route closing, a read error on its socket other than an ICMP report
+//! (which no connected UDP socket should see) ends it; the client's next datagram opens a
+//! fresh one.
 //!
 //! # Targets
 //!
 //! A new session picks its target by the route's `balance` strategy (see
-//! [`crate::Balance`]) and keeps it for its life: with `ip_hash`, every session of one client
-//! IP goes to the same target. UDP has no handshake to fail, so passive health is read from
-//! the session's socket: an ICMP port-unreachable report marks the target down (new
-//! sessions avoid it for the backoff; the session itself stays, in case the target comes
-//! back) and a reply marks it up. Each open session is counted on its target (`least_conn`,
-//! status) until it leaves the table.
+//! [`crate::Balance`]) and keeps it for its life: with `ip_hash`, every session of one
+//! client IP goes to the same target. UDP has no handshake to fail, so passive health is
+//! read from the session's socket: an ICMP port-unreachable report (a read returning
+//! `ECONNREFUSED`) marks the target down (new sessions avoid it for the backoff; the
+//! session itself stays, in case the target comes back) and a reply marks it up. Each open
+//! session is counted on its target (`least_conn`, status) until it leaves the table.
 //!
-//! # Idle timeout
+//! # Idle timeout and the session cap
 //!
-//! A session ends after `udp_idle_timeout` without a datagram in *either* direction. The
-//! time of the last datagram is one atomic per session, stamped by the receive loop and by
-//! the relay. The relay holds one `sleep_until` for its deadline and, when it fires,
-//! re-reads the stamp and sleeps again if anything moved; so the timer is re-armed at most
-//! once per timeout, not per datagram. Per-session deadlines were chosen over a periodic
-//! sweep because they are exact, cost nothing while the route is quiet (a sweep would wake
-//! every route every second forever) and work unchanged under Tokio's paused clock.
+//! A session ends after `udp_idle_timeout` without a datagram in *either* direction. Each
+//! session keeps the stamp of its last datagram; recency lives in a min-heap of
+//! `(stamp, session)` entries kept *lazily*: the hot path only writes the session's stamp,
+//! and each session has one heap entry, pushed when it opens. The route has **one timer**,
+//! set to the oldest entry's stamp plus the idle timeout. When it fires, due entries are
+//! popped and each session's real stamp re-read: one used since is pushed back with its
+//! fresh stamp, one that was not has expired. So an entry is re-pushed at most once per
+//! timeout per busy session, not per datagram, and a quiet route costs nothing (a periodic
+//! sweep would wake every route forever). Sessions opened under different idle timeouts
+//! (after an update in place) sit in separate heaps, one per timeout, so each heap's order
+//! is also its deadline order. All of this reads Tokio's clock, so it works unchanged under
+//! its paused clock.
 //!
-//! Ending is a compare-and-swap of the stamp to a "closed" mark, which only succeeds if no
-//! datagram touched the session since the relay looked; the receive loop's touch fails on
-//! a closed session, so a datagram racing with the expiry opens a fresh session instead of
-//! vanishing into a dead one.
+//! Expiry and the datagrams run on the same task, so they cannot race: a datagram that
+//! arrives as its session expires is handled either before (and the session lives on) or
+//! after (and it opens a fresh session); it never vanishes into a dead one.
 //!
-//! # Session cap
-//!
-//! At `max_udp_sessions` the least recently used session is evicted (and counted). Recency
-//! lives in a min-heap of `(stamp, session)` entries kept *lazily*: the hot path only
-//! stores the atomic stamp; when a session must be evicted the oldest entry is popped and,
-//! if its session was used since, pushed back with the fresh stamp. Each push pays for one
-//! burst of activity, so eviction is O(log n) amortised and no datagram scans the table.
-//! Entries of sessions that ended otherwise are skipped when popped, and the heap is
-//! rebuilt from the table once stale entries outnumber live ones.
+//! At `max_udp_sessions` the least recently used session is evicted (and counted): the
+//! oldest entry is popped and, if its session was used since, pushed back with the fresh
+//! stamp. Each push pays for one burst of activity, so eviction is O(log n) amortised and
+//! no datagram scans the table. Entries of sessions that ended otherwise are skipped when
+//! popped, and the heaps are rebuilt from the table once stale entries outnumber live ones.
 //!
 //! # Shutdown
 //!
-//! - `ctx.close_conns` cancelled: every session's task ends, the table is cleared and
-//!   [`serve`] returns only once no task holds the listening socket, so the port is free
-//!   when the route table sees `serve` return.
+//! - `ctx.close_conns` cancelled: every session is dropped, and [`serve`] returns; it is
+//!   the only owner of the listening socket, so the port is free when the route table
+//!   sees `serve` return.
 //! - Only `ctx.stop_accepting` cancelled (a route removed with a drain grace): datagrams
 //!   from clients without a session are dropped and counted, but existing sessions keep
 //!   flowing both ways, since the listening socket also carries their replies, until
@@ -68,25 +104,26 @@
 //!   nothing left to drain, so [`serve`] returns early and the port is free before the
 //!   grace runs out.
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, error, trace, warn};
 
-use super::mmsg::{self, RecvBatch};
+use super::epoll::{self, Epoll, Events};
+use super::mmsg::{self, BATCH, RecvBatch};
 use super::{Live, RouteCtx, dial};
-use crate::balance::{Lease, Member};
+use crate::balance::Lease;
 use crate::error::DialError;
 use crate::hooks::Direction;
 use crate::stats::RouteStats;
@@ -95,15 +132,15 @@ use crate::stats::RouteStats;
 pub(crate) const PENDING_MAX_DATAGRAMS: usize = 8;
 /// Bytes all of a route's dialling sessions may have waiting at once.
 pub(crate) const PENDING_MAX_BYTES: usize = 1 << 20;
-/// Replies a relay forwards before going back through its `select!`, so that one flooding
-/// target yields to cancellation, its timer and Tokio's cooperative budget.
-const RELAY_BURST: usize = 64;
+/// Replies read from one session's socket per round, so that one flooding target yields
+/// to the other sessions, the client direction and the timer.
+const REPLY_BURST: usize = 64;
+/// Ready sessions collected per round of replies (one epoll_wait).
+const READY_MAX: usize = 64;
 /// First and longest pause after an error on the listening socket.
 const RECV_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// See [`RECV_BACKOFF_MIN`].
 const RECV_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Longest pause of a relay after repeated unexpected errors on its upstream socket.
-const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Stale heap entries tolerated beyond the number of live sessions before a rebuild.
 const LRU_SLACK: usize = 1024;
 /// Receive buffer asked for the listening socket (the kernel caps it at `net.core.rmem_max`).
@@ -114,36 +151,45 @@ const LISTEN_RCVBUF: usize = 4 << 20;
 /// Receive buffer asked for each session's upstream socket (its replies); as above.
 const UPSTREAM_RCVBUF: usize = 1 << 20;
 
-thread_local! {
-    /// The relays' receive batch: one per worker thread rather than buffers per session,
-    /// borrowed only between two await points.
-    static REPLY_BATCH: RefCell<RecvBatch> = RefCell::new(RecvBatch::new());
-}
-
 /// Serves datagrams until `ctx.close_conns` is cancelled; see the module doc.
 ///
-/// Returns only after every session task has ended and the listening socket is closed.
+/// Returns only after every session has been dropped, and drops the listening socket as it
+/// returns: nothing else holds it.
 pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
     if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(LISTEN_RCVBUF) {
         debug!(protocol = "udp", listen = %ctx.listen, error = %e, "cannot enlarge the receive buffer");
     }
-    let socket = Arc::new(socket);
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut sessions = Sessions::new(Route {
-        ctx: ctx.clone(),
-        socket: socket.clone(),
-        clock: Clock { epoch: Instant::now() },
-        events: events_tx,
-        tasks: TaskTracker::new(),
-    });
-    // Up to mmsg::BATCH datagrams per recvmmsg call, in buffers reused for the route's life.
+    let clock = Clock { epoch: Instant::now() };
+    let mut sessions = Sessions::new(ctx.clone(), clock, events_tx);
+    // Up to mmsg::BATCH datagrams per call, in buffers reused for the route's life, for
+    // both directions (the task handles one at a time).
     let mut batch = RecvBatch::new();
+    let mut ready = Events::with_capacity(READY_MAX);
     let mut backoff = RECV_BACKOFF_MIN;
     let mut draining = false;
+    // Which direction goes first when both are waiting: the one not served last.
+    let mut replies_first = false;
+    // The route's one timer, at the earliest idle deadline of its sessions.
+    let timer = tokio::time::sleep_until(clock.epoch);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    // The sessions' epoll instance as Tokio watches it; made with the first session.
+    let mut upstreams: Option<Arc<AsyncFd<Epoll>>> = None;
     loop {
-        if draining && sessions.map.is_empty() {
+        if draining && sessions.is_empty() {
             debug!(protocol = "udp", listen = %ctx.listen, action = "stop", "route removed and no session left");
             break;
+        }
+        let next = sessions.next_deadline();
+        if next != armed {
+            if let Some(deadline) = next {
+                timer.as_mut().reset(deadline);
+            }
+            armed = next;
+        }
+        if upstreams.is_none() {
+            upstreams = sessions.epoll.clone();
         }
         let step = tokio::select! {
             biased;
@@ -153,12 +199,33 @@ pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
                 continue;
             }
             Some(event) = events.recv() => Step::Event(event),
+            () = &mut timer, if armed.is_some() => Step::Timer,
+            ready = readable(upstreams.as_deref()), if replies_first => Step::Replies(ready),
             ready = socket.readable() => Step::Received(ready.and_then(|()| batch.try_recv_unconnected(&socket))),
+            ready = readable(upstreams.as_deref()), if !replies_first => Step::Replies(ready),
         };
         match step {
-            Step::Event(event) => sessions.on_event(event).await,
+            Step::Event(Event::Dialled { key, result }) => sessions.on_dialled(key, result).await,
+            Step::Timer => {
+                // Re-armed at the top of the loop, even at the same instant.
+                armed = None;
+                sessions.expire();
+            }
+            Step::Replies(Ok(mut guard)) => {
+                replies_first = false;
+                if sessions.on_replies(&socket, &mut batch, &mut ready).await {
+                    // Only if no socket became readable since the readiness was reported.
+                    guard.clear_ready();
+                }
+            }
+            Step::Replies(Err(e)) => {
+                // Only when the runtime's I/O driver is gone.
+                error!(protocol = "udp", listen = %ctx.listen, action = "recv", error = %e, "session sockets unusable");
+                break;
+            }
             Step::Received(Ok(n)) => {
                 backoff = RECV_BACKOFF_MIN;
+                replies_first = true;
                 sessions.on_batch(&batch, n).await;
             }
             Step::Received(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -176,18 +243,29 @@ pub(crate) async fn serve(socket: UdpSocket, ctx: RouteCtx) {
             }
         }
     }
-    sessions.close().await;
-    drop(events);
-    // The last handle: every relay holding a clone has ended.
+    sessions.close();
+    // The only handle: the port is free once this returns.
     drop(socket);
 }
 
-/// What woke the receive loop.
-enum Step {
-    /// A session task reported something.
+/// Waits until a session socket is readable; never, before the first session.
+async fn readable(upstreams: Option<&AsyncFd<Epoll>>) -> io::Result<AsyncFdReadyGuard<'_, Epoll>> {
+    match upstreams {
+        Some(upstreams) => upstreams.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What woke the route's task.
+enum Step<'a> {
+    /// A lookup task reported.
     Event(Event),
+    /// The earliest idle deadline came.
+    Timer,
     /// The listening socket returned a batch of datagrams (how many) or an error.
     Received(io::Result<usize>),
+    /// A session socket is readable (or Tokio's I/O driver is gone).
+    Replies(io::Result<AsyncFdReadyGuard<'a, Epoll>>),
 }
 
 /// Errors of the listening socket that concern one datagram, not the socket.
@@ -209,24 +287,15 @@ fn is_icmp_report(e: &io::Error) -> bool {
     )
 }
 
-/// What session tasks tell the receive loop.
+/// What lookup tasks tell the route's task.
 enum Event {
     /// A dialling session's target was resolved and its socket made, or not.
     Dialled {
-        /// The session's client.
-        peer: SocketAddr,
-        /// The session's id, to ignore news about a session already gone.
-        id: u64,
+        /// The session; news about a session already gone is ignored.
+        key: Key,
         /// The connected upstream socket, its address and the lease on its target, or why
         /// there is none.
-        result: Result<(UdpSocket, SocketAddr, Lease), DialError>,
-    },
-    /// A relay ended (idle, evicted or closing); the session leaves the table if still there.
-    Ended {
-        /// The session's client.
-        peer: SocketAddr,
-        /// The session's id.
-        id: u64,
+        result: Result<(StdUdpSocket, SocketAddr, Lease), DialError>,
     },
 }
 
@@ -238,161 +307,66 @@ struct Clock {
 }
 
 impl Clock {
-    /// Nanoseconds since the epoch; never [`Activity::CLOSED`].
+    /// Nanoseconds since the epoch.
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(Activity::CLOSED - 1).min(Activity::CLOSED - 1)
-    }
-
-    /// The instant of a stamp returned by [`Clock::now`].
-    fn at(&self, stamp: u64) -> Instant {
-        self.epoch + Duration::from_nanos(stamp)
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// When a session last used at `stamp` goes idle; a timeout too long to add means never
     /// in practice (a century on), rather than a panic.
     fn idle_deadline(&self, stamp: u64, idle: Duration) -> Instant {
-        let last = self.at(stamp);
+        let last = self.epoch + Duration::from_nanos(stamp);
         last.checked_add(idle).unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 24 * 3600))
     }
 }
 
-/// When a session last carried a datagram in either direction, or that it has ended.
-///
-/// Shared by the receive loop and the session's relay; see the module doc for the protocol.
-#[derive(Debug)]
-struct Activity(AtomicU64);
+/// A session's identity: its slot in the table and that slot's generation, so that a key
+/// of an ended session never names the slot's next occupant. Also the epoll event data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key(u64);
 
-impl Activity {
-    /// The mark of a session its relay ended for idleness.
-    const CLOSED: u64 = u64::MAX;
-
-    /// Activity stamped `now`.
-    fn new(now: u64) -> Self {
-        Activity(AtomicU64::new(now))
+impl Key {
+    /// The key of slot `index` in its `generation`.
+    fn new(index: u32, generation: u32) -> Self {
+        Key(u64::from(generation) << 32 | u64::from(index))
     }
 
-    /// The last stamp, or [`Activity::CLOSED`].
-    fn last(&self) -> u64 {
-        self.0.load(Relaxed)
+    /// The slot.
+    fn index(self) -> u32 {
+        self.0 as u32
     }
 
-    /// Records a datagram at `now`; false if the session has already ended.
-    fn touch(&self, now: u64) -> bool {
-        let mut current = self.0.load(Relaxed);
-        loop {
-            if current == Self::CLOSED {
-                return false;
-            }
-            // A stamp at or after `now` already keeps the session alive past `now + idle`.
-            if current >= now {
-                return true;
-            }
-            match self.0.compare_exchange_weak(current, now, Relaxed, Relaxed) {
-                Ok(_) => return true,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    /// Ends the session if no datagram moved the stamp since it read `seen`.
-    fn close_if_unchanged(&self, seen: u64) -> bool {
-        self.0.compare_exchange(seen, Self::CLOSED, Relaxed, Relaxed).is_ok()
+    /// The slot's generation.
+    fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
     }
 }
 
-/// What every session of a route shares.
-struct Route {
-    /// The route's context.
-    ctx: RouteCtx,
-    /// The listening socket; replies leave from it.
-    socket: Arc<UdpSocket>,
-    /// The route's clock.
-    clock: Clock,
-    /// Where session tasks report.
-    events: mpsc::UnboundedSender<Event>,
-    /// Every session task of this route, so [`serve`] can wait for them before returning;
-    /// each is also tracked by the route's own tracker.
-    tasks: TaskTracker,
-}
-
-impl Route {
-    /// Forwards one client datagram on a session's upstream socket.
-    async fn send_upstream(&self, upstream: &UdpSocket, live: &Live, peer: SocketAddr, data: &[u8]) {
-        if let Some(hook) = &live.hooks.on_read {
-            hook.on_read(&self.ctx.conn_info(peer), Direction::ClientToTarget, data);
-        }
-        let sent = match live.options.proxy_protocol {
-            None => upstream.send(data).await,
-            Some(version) => {
-                // Encoded on the stack for each datagram (28 or 52 bytes): no allocation and
-                // no per-session state; the header names the client and the bound address.
-                let header = crate::proxy_protocol::encode(
-                    version,
-                    crate::proxy_protocol::Transport::Datagram,
-                    peer,
-                    self.ctx.listen,
-                );
-                send_with_header(upstream, header.as_bytes(), data).await
-            }
-        };
-        match sent {
-            Ok(_) => {
-                RouteStats::add(&self.ctx.stats.bytes_in, data.len() as u64);
-                RouteStats::add(&self.ctx.stats.datagrams_in, 1);
-            }
-            Err(e) => {
-                // Often the ICMP report of an earlier datagram (ECONNREFUSED), consumed by
-                // this send; the session stays.
-                RouteStats::add(&self.ctx.stats.dropped, 1);
-                trace!(protocol = "udp", listen = %self.ctx.listen, %peer, action = "send", error = %e, "datagram to target dropped");
-            }
-        }
-    }
-
-    /// Spawns a task on both the route's tracker and this forwarder's.
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.ctx.tracker.spawn(self.tasks.track_future(task));
-    }
-}
-
-/// Sends `header ‖ data` as one datagram on a connected socket, from two buffers
-/// (sendmsg with two iovecs): the payload is not copied.
-async fn send_with_header(upstream: &UdpSocket, header: &[u8], data: &[u8]) -> io::Result<usize> {
-    let parts = [std::io::IoSlice::new(header), std::io::IoSlice::new(data)];
-    upstream.async_io(tokio::io::Interest::WRITABLE, || socket2::SockRef::from(upstream).send_vectored(&parts)).await
-}
-
-/// One client's session, as the receive loop holds it.
+/// One client's session.
 struct Session {
-    /// Unique within the route; tells a session from a later one of the same client.
-    id: u64,
+    /// The client.
+    peer: SocketAddr,
+    /// When a datagram last went either way, on the route's [`Clock`].
+    last: u64,
     /// The route's settings when the session opened.
     live: Arc<Live>,
-    /// Last use, shared with the relay.
-    activity: Arc<Activity>,
-    /// Ends the session's task; a child of `close_conns`, cancelled when the session is dropped.
-    cancel: CancellationToken,
     /// Dialling or open.
     state: State,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
 /// Where a session stands.
 enum State {
-    /// The target is being resolved; the client's datagrams wait here, oldest first.
+    /// The target is being resolved.
     Dialling {
-        /// Waiting datagrams.
+        /// The client's waiting datagrams, oldest first.
         queue: VecDeque<Box<[u8]>>,
+        /// The lookup task, aborted if the session ends first.
+        task: Option<AbortHandle>,
     },
     /// Forwarding.
     Open {
-        /// The socket connected to the target.
-        upstream: Arc<UdpSocket>,
+        /// The non-blocking socket connected to the target, in the route's epoll instance.
+        socket: StdUdpSocket,
         /// The target's address.
         dst: SocketAddr,
         /// Counts the session on its target until the session leaves the table.
@@ -400,16 +374,192 @@ enum State {
     },
 }
 
-/// The session table of one route, owned by the receive loop (no lock).
+/// A slot of the table.
+struct Slot {
+    /// Bumped each time the slot is vacated.
+    generation: u32,
+    /// The occupant.
+    session: Option<Session>,
+}
+
+/// The sessions of a route: a slab of slots and an index by client address.
+#[derive(Default)]
+struct Table {
+    /// Sessions by slot.
+    slots: Vec<Slot>,
+    /// Vacant slots, reused before the slab grows.
+    vacant: Vec<u32>,
+    /// The slot of each client's session.
+    by_peer: HashMap<SocketAddr, u32>,
+}
+
+impl Table {
+    /// How many sessions there are.
+    fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    /// The key of `peer`'s session.
+    fn find(&self, peer: &SocketAddr) -> Option<Key> {
+        let &index = self.by_peer.get(peer)?;
+        let slot = self.slots.get(index as usize)?;
+        Some(Key::new(index, slot.generation))
+    }
+
+    /// The session of `key`, unless it has ended.
+    fn get(&self, key: Key) -> Option<&Session> {
+        let slot = self.slots.get(key.index() as usize)?;
+        if slot.generation != key.generation() {
+            return None;
+        }
+        slot.session.as_ref()
+    }
+
+    /// As [`Table::get`], mutable.
+    fn get_mut(&mut self, key: Key) -> Option<&mut Session> {
+        let slot = self.slots.get_mut(key.index() as usize)?;
+        if slot.generation != key.generation() {
+            return None;
+        }
+        slot.session.as_mut()
+    }
+
+    /// Adds a session for a client that has none; gives it back if the slab is full.
+    fn insert(&mut self, session: Session) -> Result<Key, Session> {
+        let index = match self.vacant.pop() {
+            Some(index) => index,
+            None => {
+                let Ok(index) = u32::try_from(self.slots.len()) else { return Err(session) };
+                self.slots.push(Slot { generation: 0, session: None });
+                index
+            }
+        };
+        let Some(slot) = self.slots.get_mut(index as usize) else { return Err(session) };
+        self.by_peer.insert(session.peer, index);
+        slot.session = Some(session);
+        Ok(Key::new(index, slot.generation))
+    }
+
+    /// Takes the session of `key` out.
+    fn remove(&mut self, key: Key) -> Option<Session> {
+        let slot = self.slots.get_mut(key.index() as usize)?;
+        if slot.generation != key.generation() {
+            return None;
+        }
+        let session = slot.session.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.vacant.push(key.index());
+        if self.by_peer.get(&session.peer) == Some(&key.index()) {
+            self.by_peer.remove(&session.peer);
+        }
+        Some(session)
+    }
+
+    /// Every session with its key.
+    fn iter(&self) -> impl Iterator<Item = (Key, &Session)> {
+        self.slots.iter().enumerate().filter_map(|(index, slot)| {
+            let session = slot.session.as_ref()?;
+            Some((Key::new(u32::try_from(index).ok()?, slot.generation), session))
+        })
+    }
+
+    /// Takes every session out, leaving the table empty.
+    fn take_all(&mut self) -> impl Iterator<Item = Session> {
+        self.by_peer.clear();
+        self.vacant.clear();
+        std::mem::take(&mut self.slots).into_iter().filter_map(|slot| slot.session)
+    }
+}
+
+/// The recency heaps: `(stamp, session)` entries, oldest first, possibly stale (see the
+/// module doc); one heap per idle timeout in use, almost always one.
+#[derive(Default)]
+struct Lru {
+    /// The heaps, none empty.
+    groups: Vec<Group>,
+    /// Entries in all heaps.
+    len: usize,
+}
+
+/// The recency heap of the sessions with one idle timeout.
+struct Group {
+    /// Their idle timeout.
+    idle: Duration,
+    /// Oldest stamp first.
+    heap: BinaryHeap<Reverse<(u64, Key)>>,
+}
+
+impl Lru {
+    /// Adds an entry for a session with idle timeout `idle` last used at `stamp`.
+    fn push(&mut self, idle: Duration, stamp: u64, key: Key) {
+        let entry = Reverse((stamp, key));
+        match self.groups.iter_mut().find(|g| g.idle == idle) {
+            Some(group) => group.heap.push(entry),
+            None => self.groups.push(Group { idle, heap: BinaryHeap::from(vec![entry]) }),
+        }
+        self.len += 1;
+    }
+
+    /// The earliest deadline of any entry.
+    fn next_deadline(&self, clock: &Clock) -> Option<Instant> {
+        self.groups
+            .iter()
+            .filter_map(|g| g.heap.peek().map(|Reverse((stamp, _))| clock.idle_deadline(*stamp, g.idle)))
+            .min()
+    }
+
+    /// Takes the oldest entry of all: `(idle, stamp, key)`.
+    fn pop_oldest(&mut self) -> Option<(Duration, u64, Key)> {
+        let (group, _) = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.heap.peek().map(|Reverse((stamp, _))| (i, *stamp)))
+            .min_by_key(|&(_, stamp)| stamp)?;
+        self.pop(group)
+    }
+
+    /// Takes an entry whose deadline is at or before `now`.
+    fn pop_expired(&mut self, now: Instant, clock: &Clock) -> Option<(Duration, u64, Key)> {
+        let group = self.groups.iter().position(|g| {
+            g.heap.peek().is_some_and(|Reverse((stamp, _))| clock.idle_deadline(*stamp, g.idle) <= now)
+        })?;
+        self.pop(group)
+    }
+
+    /// Takes the oldest entry of heap `group`.
+    fn pop(&mut self, group: usize) -> Option<(Duration, u64, Key)> {
+        let g = self.groups.get_mut(group)?;
+        let Reverse((stamp, key)) = g.heap.pop()?;
+        let idle = g.idle;
+        if g.heap.is_empty() {
+            self.groups.swap_remove(group);
+        }
+        self.len -= 1;
+        Some((idle, stamp, key))
+    }
+
+    /// Forgets every entry.
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.len = 0;
+    }
+}
+
+/// The state of one route's forwarder, owned by its task.
 struct Sessions {
-    /// What the sessions share.
-    route: Route,
-    /// Sessions by client address.
-    map: HashMap<SocketAddr, Session>,
-    /// Least recently used first: `(stamp, id, peer)`, possibly stale; see the module doc.
-    lru: BinaryHeap<Reverse<(u64, u64, SocketAddr)>>,
-    /// The next session id.
-    next_id: u64,
+    /// The route's context.
+    ctx: RouteCtx,
+    /// The route's clock.
+    clock: Clock,
+    /// Where lookup tasks report.
+    events: mpsc::UnboundedSender<Event>,
+    /// Every open session's socket, watched for replies; made with the first session.
+    epoll: Option<Arc<AsyncFd<Epoll>>>,
+    /// The sessions.
+    table: Table,
+    /// Recency and idle deadlines.
+    lru: Lru,
     /// Bytes waiting in the queues of dialling sessions.
     pending_bytes: usize,
     /// Whether the last dial failed: the first failure in a row logs a warning, the rest debug.
@@ -417,22 +567,41 @@ struct Sessions {
 }
 
 impl Sessions {
-    /// An empty table.
-    fn new(route: Route) -> Self {
+    /// No session yet.
+    fn new(ctx: RouteCtx, clock: Clock, events: mpsc::UnboundedSender<Event>) -> Self {
         Sessions {
-            route,
-            map: HashMap::new(),
-            lru: BinaryHeap::new(),
-            next_id: 0,
+            ctx,
+            clock,
+            events,
+            epoll: None,
+            table: Table::default(),
+            lru: Lru::default(),
             pending_bytes: 0,
             dial_failing: false,
         }
     }
 
-    /// The stats of the route.
-    fn stats(&self) -> &RouteStats {
-        &self.route.ctx.stats
+    /// Whether no session is left.
+    fn is_empty(&self) -> bool {
+        self.table.len() == 0
     }
+
+    /// When the next session may go idle.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.lru.next_deadline(&self.clock)
+    }
+
+    /// The epoll instance, made (and registered with Tokio) on first use.
+    fn epoll(&mut self) -> io::Result<Arc<AsyncFd<Epoll>>> {
+        if let Some(epoll) = &self.epoll {
+            return Ok(epoll.clone());
+        }
+        let epoll = Arc::new(Epoll::new()?.register()?);
+        self.epoll = Some(epoll.clone());
+        Ok(epoll)
+    }
+
+    // ----------------------------------------------------------------- client → target
 
     /// Handles the `n` datagrams of a receive, in order. A run of datagrams from one client
     /// whose session is open goes out in one sendmmsg on its socket; the rest one by one.
@@ -450,8 +619,8 @@ impl Sessions {
             if end - i > 1 && self.send_run(batch, i..end, peer).await {
                 i = end;
             } else {
-                // A new, dialling or just expired session, or one that needs each datagram
-                // (hooks, PROXY header): this one alone, then the rest of the run again.
+                // A new or dialling session, or one that needs each datagram (hooks, PROXY
+                // header): this one alone, then the rest of the run again.
                 self.on_datagram(batch.data(i), peer).await;
                 i += 1;
             }
@@ -460,19 +629,21 @@ impl Sessions {
 
     /// Sends datagrams `run` of `batch`, all from `peer`, on its open session's socket with
     /// as few sendmmsg calls as the socket takes; false (nothing done) when the session is
-    /// not open, has ended, or has hooks or a PROXY header to apply per datagram.
+    /// not open or has hooks or a PROXY header to apply per datagram.
     async fn send_run(&mut self, batch: &RecvBatch, run: std::ops::Range<usize>, peer: SocketAddr) -> bool {
-        let now = self.route.clock.now();
-        let Some(session) = self.map.get(&peer) else { return false };
-        let State::Open { upstream, .. } = &session.state else { return false };
+        let now = self.clock.now();
+        let Some(key) = self.table.find(&peer) else { return false };
+        let Some(session) = self.table.get_mut(key) else { return false };
         let live = &session.live;
-        if live.hooks.on_read.is_some() || live.options.proxy_protocol.is_some() || !session.activity.touch(now) {
+        if live.hooks.on_read.is_some() || live.options.proxy_protocol.is_some() {
             return false;
         }
-        let stats = &self.route.ctx.stats;
+        let State::Open { socket, .. } = &session.state else { return false };
+        session.last = session.last.max(now);
+        let stats = &self.ctx.stats;
         let mut next = run.start;
         while next < run.end {
-            match mmsg::try_send(upstream, batch, next..run.end, None) {
+            match mmsg::send_connected(socket.as_fd(), batch, next..run.end) {
                 Ok(sent) if sent > 0 => {
                     let bytes: usize = (next..next + sent).map(|i| batch.data(i).len()).sum();
                     RouteStats::add(&stats.bytes_in, bytes as u64);
@@ -483,13 +654,13 @@ impl Sessions {
                     // The first unsent datagram failed (often the ICMP report of an earlier one):
                     // dropped, as by `send_upstream`; the session stays.
                     RouteStats::add(&stats.dropped, 1);
-                    trace!(protocol = "udp", listen = %self.route.ctx.listen, %peer, action = "send", error = %e, "datagram to target dropped");
+                    trace!(protocol = "udp", listen = %self.ctx.listen, %peer, action = "send", error = %e, "datagram to target dropped");
                     next += 1;
                 }
                 _ => {
                     // The send buffer is full: wait for it, one datagram at a time, in order.
                     for i in next..run.end {
-                        self.route.send_upstream(upstream, live, peer, batch.data(i)).await;
+                        send_upstream(&self.ctx, socket, live, peer, batch.data(i)).await;
                     }
                     break;
                 }
@@ -500,34 +671,30 @@ impl Sessions {
 
     /// Handles one datagram from `peer`.
     async fn on_datagram(&mut self, data: &[u8], peer: SocketAddr) {
-        let now = self.route.clock.now();
-        if let Some(session) = self.map.get_mut(&peer) {
-            if session.activity.touch(now) {
-                match &mut session.state {
-                    State::Open { upstream, .. } => {
-                        self.route.send_upstream(upstream, &session.live, peer, data).await;
-                    }
-                    State::Dialling { queue } => {
-                        if queue.len() < PENDING_MAX_DATAGRAMS && self.pending_bytes + data.len() <= PENDING_MAX_BYTES {
-                            queue.push_back(Box::from(data));
-                            self.pending_bytes += data.len();
-                        } else {
-                            RouteStats::add(&self.route.ctx.stats.dropped, 1);
-                        }
+        let now = self.clock.now();
+        if let Some(key) = self.table.find(&peer)
+            && let Some(session) = self.table.get_mut(key)
+        {
+            session.last = session.last.max(now);
+            match &mut session.state {
+                State::Open { socket, .. } => send_upstream(&self.ctx, socket, &session.live, peer, data).await,
+                State::Dialling { queue, .. } => {
+                    if queue.len() < PENDING_MAX_DATAGRAMS && self.pending_bytes + data.len() <= PENDING_MAX_BYTES {
+                        queue.push_back(Box::from(data));
+                        self.pending_bytes += data.len();
+                    } else {
+                        RouteStats::add(&self.ctx.stats.dropped, 1);
                     }
                 }
-                return;
             }
-            // Its relay ended it for idleness a moment ago (the end event is on its way):
-            // this datagram opens a fresh session.
-            self.remove(peer);
+            return;
         }
         self.open(data, peer, now).await;
     }
 
     /// Opens a session for `peer`, whose first datagram is `data`.
     async fn open(&mut self, data: &[u8], peer: SocketAddr, now: u64) {
-        let ctx = &self.route.ctx;
+        let ctx = &self.ctx;
         if ctx.stop_accepting.is_cancelled() {
             RouteStats::add(&ctx.stats.dropped, 1);
             trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "drop", "route removed; no new session");
@@ -550,111 +717,120 @@ impl Sessions {
             trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
             return;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        let activity = Arc::new(Activity::new(now));
-        let cancel = ctx.close_conns.child_token();
-        let state = if live.targets.members().iter().all(|m| m.target().ip_addr().is_some()) {
+        let max = live.options.max_udp_sessions;
+        if live.targets.members().iter().all(|m| m.target().ip_addr().is_some()) {
             // IP literals only: dial::udp makes no lookup, so this completes without waiting.
-            match dial::udp(&live.targets, peer.ip()).await {
-                Ok((upstream, dst, lease)) => {
-                    let upstream = Arc::new(upstream);
-                    self.route.send_upstream(&upstream, &live, peer, data).await;
-                    State::Open { upstream, dst, lease }
-                }
+            let (socket, dst, lease) = match dial::udp(&live.targets, peer.ip()).await {
+                Ok(dialled) => dialled,
                 Err(e) => {
                     self.dial_failed(peer, &e, 1);
                     return;
                 }
+            };
+            self.make_room(max);
+            let state = State::Dialling { queue: VecDeque::new(), task: None };
+            let Some(key) = self.insert(Session { peer, last: now, live, state }) else {
+                RouteStats::add(&self.ctx.stats.dropped, 1);
+                return;
+            };
+            if self.go_open(key, socket, dst, lease, 1).is_some()
+                && let Some(session) = self.table.get(key)
+                && let State::Open { socket, .. } = &session.state
+            {
+                send_upstream(&self.ctx, socket, &session.live, peer, data).await;
             }
         } else {
+            self.make_room(max);
             let mut queue = VecDeque::with_capacity(PENDING_MAX_DATAGRAMS);
             if self.pending_bytes + data.len() <= PENDING_MAX_BYTES {
                 queue.push_back(Box::from(data));
                 self.pending_bytes += data.len();
             } else {
-                RouteStats::add(&ctx.stats.dropped, 1);
+                RouteStats::add(&self.ctx.stats.dropped, 1);
             }
-            let (live, cancel, events) = (live.clone(), cancel.clone(), self.route.events.clone());
-            self.route.spawn(setup(live, cancel, events, peer, id));
-            State::Dialling { queue }
-        };
-        self.make_room(live.options.max_udp_sessions);
-        let opened = matches!(state, State::Open { .. });
-        self.map.insert(peer, Session { id, live, activity, cancel, state });
-        self.lru.push(Reverse((now, id, peer)));
-        if opened {
-            self.opened(peer);
+            let state = State::Dialling { queue, task: None };
+            let Some(key) = self.insert(Session { peer, last: now, live: live.clone(), state }) else { return };
+            let lookup = setup(live, self.ctx.close_conns.clone(), self.events.clone(), key, peer.ip());
+            let handle = self.ctx.tracker.spawn(lookup).abort_handle();
+            if let Some(Session { state: State::Dialling { task, .. }, .. }) = self.table.get_mut(key) {
+                *task = Some(handle);
+            }
         }
     }
 
-    /// Counts, logs and starts the relay of `peer`'s session, which has just become open.
-    fn opened(&mut self, peer: SocketAddr) {
+    /// Puts a new (dialling) session in the table and the recency heap; `None` (the session
+    /// dropped and settled) if the table cannot take it.
+    fn insert(&mut self, session: Session) -> Option<Key> {
+        let (idle, last) = (session.live.options.udp_idle_timeout, session.last);
+        match self.table.insert(session) {
+            Ok(key) => {
+                self.lru.push(idle, last, key);
+                Some(key)
+            }
+            Err(session) => {
+                self.settle(&session);
+                None
+            }
+        }
+    }
+
+    /// Opens the dialling session `key` on `socket`: watches it for replies and counts the
+    /// session. Returns the datagrams that waited for it, or `None` if the socket cannot be
+    /// watched (the session is then removed, its queue and `lost` more datagrams dropped).
+    fn go_open(
+        &mut self,
+        key: Key,
+        socket: StdUdpSocket,
+        dst: SocketAddr,
+        lease: Lease,
+        lost: u64,
+    ) -> Option<VecDeque<Box<[u8]>>> {
+        if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(UPSTREAM_RCVBUF) {
+            trace!(protocol = "udp", dst = %dst, error = %e, "cannot enlarge the receive buffer");
+        }
+        let watched = self.epoll().and_then(|epoll| epoll.get_ref().add(socket.as_fd(), key.0));
+        let session = self.table.get_mut(key)?;
+        let peer = session.peer;
+        if let Err(source) = watched {
+            // Out of descriptors or memory: as if the socket could not be made.
+            let e = DialError::Connect { target: lease.member().target().clone(), addr: dst, source };
+            self.remove(key);
+            self.dial_failed(peer, &e, lost);
+            return None;
+        }
+        let previous = std::mem::replace(&mut session.state, State::Open { socket, dst, lease });
         self.dial_failing = false;
-        let Some(session) = self.map.get(&peer) else { return };
-        let State::Open { upstream, dst, lease } = &session.state else { return };
-        let route = &self.route;
-        if let Err(e) = socket2::SockRef::from(&**upstream).set_recv_buffer_size(UPSTREAM_RCVBUF) {
-            trace!(protocol = "udp", %peer, error = %e, "cannot enlarge the receive buffer");
-        }
-        RouteStats::add(&route.ctx.stats.total, 1);
-        RouteStats::add(&route.ctx.stats.active, 1);
-        debug!(protocol = "udp", listen = %route.ctx.listen, %peer, dst = %dst, action = "session_open", "session opened");
-        let relay = Relay {
-            ctx: route.ctx.clone(),
-            listener: route.socket.clone(),
-            upstream: upstream.clone(),
-            peer,
-            dst: *dst,
-            target: lease.member().clone(),
-            id: session.id,
-            live: session.live.clone(),
-            activity: session.activity.clone(),
-            clock: route.clock,
-            cancel: session.cancel.clone(),
-            events: route.events.clone(),
-        };
-        route.spawn(relay.run());
-    }
-
-    /// Applies what a session task reported.
-    async fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Ended { peer, id } => {
-                if self.map.get(&peer).is_some_and(|s| s.id == id) {
-                    self.remove(peer);
-                }
-            }
-            Event::Dialled { peer, id, result } => self.on_dialled(peer, id, result).await,
+        let stats = &self.ctx.stats;
+        RouteStats::add(&stats.total, 1);
+        RouteStats::add(&stats.active, 1);
+        debug!(protocol = "udp", listen = %self.ctx.listen, %peer, dst = %dst, action = "session_open", "session opened");
+        match previous {
+            State::Dialling { queue, .. } => Some(queue),
+            State::Open { .. } => Some(VecDeque::new()),
         }
     }
 
     /// Opens a dialling session whose socket is ready (flushing its queue in order), or
-    /// drops it when the dial failed. A session evicted meanwhile is not revived.
-    async fn on_dialled(
-        &mut self,
-        peer: SocketAddr,
-        id: u64,
-        result: Result<(UdpSocket, SocketAddr, Lease), DialError>,
-    ) {
-        let Some(session) = self.map.get_mut(&peer).filter(|s| s.id == id) else { return };
+    /// drops it when the dial failed. A session gone meanwhile is not revived.
+    async fn on_dialled(&mut self, key: Key, result: Result<(StdUdpSocket, SocketAddr, Lease), DialError>) {
+        let Some(session) = self.table.get(key) else { return };
+        if !matches!(session.state, State::Dialling { .. }) {
+            return;
+        }
+        let peer = session.peer;
         match result {
-            Ok((upstream, dst, lease)) => {
-                let upstream = Arc::new(upstream);
-                let State::Dialling { queue } =
-                    std::mem::replace(&mut session.state, State::Open { upstream: upstream.clone(), dst, lease })
-                else {
-                    return;
-                };
+            Ok((socket, dst, lease)) => {
+                let Some(queue) = self.go_open(key, socket, dst, lease, 0) else { return };
+                let Some(session) = self.table.get(key) else { return };
+                let State::Open { socket, .. } = &session.state else { return };
                 for datagram in queue {
-                    self.pending_bytes -= datagram.len();
-                    self.route.send_upstream(&upstream, &session.live, peer, &datagram).await;
+                    self.pending_bytes = self.pending_bytes.saturating_sub(datagram.len());
+                    send_upstream(&self.ctx, socket, &session.live, peer, &datagram).await;
                 }
-                self.opened(peer);
             }
             Err(e) => {
                 // `remove` counts the queued datagrams as dropped.
-                self.remove(peer);
+                self.remove(key);
                 self.dial_failed(peer, &e, 0);
             }
         }
@@ -662,7 +838,7 @@ impl Sessions {
 
     /// Counts and logs a dial failure for `peer`, with `dropped` datagrams lost to it.
     fn dial_failed(&mut self, peer: SocketAddr, e: &DialError, dropped: u64) {
-        let ctx = &self.route.ctx;
+        let ctx = &self.ctx;
         RouteStats::add(&ctx.stats.dial_errors, 1);
         RouteStats::add(&ctx.stats.dropped, dropped);
         ctx.stats.set_last_error(e.to_string());
@@ -676,107 +852,291 @@ impl Sessions {
         self.dial_failing = true;
     }
 
-    /// Evicts least recently used sessions until one more fits under `max`.
-    fn make_room(&mut self, max: u32) {
-        let max = usize::try_from(max).unwrap_or(usize::MAX).max(1);
-        // Bounds re-queueing when relays keep touching sessions while we look.
-        let mut refreshes = self.map.len();
-        while self.map.len() >= max {
-            let Some(Reverse((stamp, id, peer))) = self.lru.pop() else {
-                self.rebuild_lru();
-                if self.lru.is_empty() {
-                    return;
+    // ----------------------------------------------------------------- target → client
+
+    /// Forwards what the ready session sockets hold, up to [`READY_MAX`] sockets and
+    /// [`REPLY_BURST`] datagrams from each, to their clients in batches across sessions.
+    /// True when every ready socket was drained, so the epoll instance may be marked not
+    /// ready.
+    async fn on_replies(&mut self, listener: &UdpSocket, batch: &mut RecvBatch, ready: &mut Events) -> bool {
+        let Some(epoll) = self.epoll.clone() else { return true };
+        let n = match epoll.get_ref().wait(ready) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return false,
+            Err(e) => {
+                error!(protocol = "udp", listen = %self.ctx.listen, action = "recv", error = %e, "waiting for session sockets failed");
+                return true;
+            }
+        };
+        let mut drained = n < ready.capacity();
+        let now = self.clock.now();
+        let mut filled = 0;
+        for i in 0..n {
+            let Some(key) = ready.key(i).map(Key) else { continue };
+            let mut taken = 0;
+            loop {
+                if taken >= REPLY_BURST {
+                    drained = false;
+                    break;
                 }
-                continue;
-            };
-            let Some(session) = self.map.get(&peer).filter(|s| s.id == id) else { continue };
-            let last = session.activity.last();
-            if last == Activity::CLOSED {
-                // Ended for idleness already: it frees its slot without an eviction.
-                self.remove(peer);
-                continue;
+                if filled == BATCH {
+                    self.flush(listener, batch, filled).await;
+                    filled = 0;
+                }
+                let Some(session) = self.table.get_mut(key) else { break };
+                let State::Open { socket, lease, dst } = &session.state else { break };
+                match batch.recv_at(socket.as_fd(), filled) {
+                    Ok(received) => {
+                        session.last = session.last.max(now);
+                        session.live.targets.succeeded(lease.member());
+                        for j in filled..filled + received {
+                            if let Some(hook) = &session.live.hooks.on_read {
+                                let info = self.ctx.conn_info(session.peer);
+                                hook.on_read(&info, Direction::TargetToClient, batch.data(j));
+                            }
+                            batch.set_peer(j, session.peer);
+                        }
+                        filled += received;
+                        taken += received.max(1);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if is_icmp_report(&e) => {
+                        // The target's port is closed (for now): the report is consumed, the
+                        // session stays (the target may come back), but new sessions avoid the
+                        // target for a while.
+                        trace!(protocol = "udp", peer = %session.peer, dst = %dst, error = %e, "ICMP report from target");
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            session.live.targets.failed(lease.member(), &e.to_string(), false);
+                        }
+                        taken += 1;
+                    }
+                    Err(e) => {
+                        debug!(protocol = "udp", listen = %self.ctx.listen, peer = %session.peer, dst = %dst, action = "session_close", error = %e, "reading the target failed; session closed");
+                        self.remove(key);
+                        break;
+                    }
+                }
             }
-            if last > stamp && refreshes > 0 {
-                refreshes -= 1;
-                self.lru.push(Reverse((last, id, peer)));
-                continue;
-            }
-            if let Some(session) = self.remove(peer) {
-                RouteStats::add(&self.stats().evicted, 1);
-                let dst = match &session.state {
-                    State::Open { dst, .. } => Some(*dst),
-                    State::Dialling { .. } => None,
-                };
-                debug!(protocol = "udp", listen = %self.route.ctx.listen, %peer, dst = ?dst, action = "evict", max_udp_sessions = max, "least recently used session evicted");
+        }
+        if filled > 0 {
+            self.flush(listener, batch, filled).await;
+        }
+        drained
+    }
+
+    /// Sends the first `count` datagrams of `batch` from the listening socket, each to the
+    /// client set on it, in order; waits while the socket's send buffer is full.
+    async fn flush(&self, listener: &UdpSocket, batch: &RecvBatch, count: usize) {
+        let stats = &self.ctx.stats;
+        let mut next = 0;
+        while next < count {
+            match mmsg::try_send_to_peers(listener, batch, next..count) {
+                Ok(sent) if sent > 0 => {
+                    let bytes: usize = (next..next + sent).map(|i| batch.data(i).len()).sum();
+                    RouteStats::add(&stats.bytes_out, bytes as u64);
+                    RouteStats::add(&stats.datagrams_out, sent as u64);
+                    next += sent;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Rare (loopback drains fast): wait, as a blocking forwarder would.
+                    let writable = tokio::select! {
+                        _ = self.ctx.close_conns.cancelled() => false,
+                        ready = listener.writable() => ready.is_ok(),
+                    };
+                    if !writable {
+                        RouteStats::add(&stats.dropped, (count - next) as u64);
+                        return;
+                    }
+                }
+                sent => {
+                    // The first unsent datagram failed (e.g. too large for the path): drop it, go on.
+                    RouteStats::add(&stats.dropped, 1);
+                    trace!(protocol = "udp", peer = ?batch.peer(next), result = ?sent, "reply to client dropped");
+                    next += 1;
+                }
             }
         }
     }
 
-    /// Takes `peer`'s session out of the table (which cancels its task) and settles its
-    /// counters: `active` for an open one, `dropped` for datagrams still queued.
-    fn remove(&mut self, peer: SocketAddr) -> Option<Session> {
-        let session = self.map.remove(&peer)?;
-        self.settle(&session);
-        if self.lru.len() > 2 * self.map.len() + LRU_SLACK {
+    // ----------------------------------------------------------------- lifetime
+
+    /// Ends the sessions whose idle deadline has passed; see the module doc.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some((idle, stamp, key)) = self.lru.pop_expired(now, &self.clock) {
+            let Some(session) = self.table.get(key) else { continue };
+            let last = session.last;
+            if last > stamp && self.clock.idle_deadline(last, idle) > now {
+                self.lru.push(idle, last, key);
+                continue;
+            }
+            if let Some(session) = self.remove(key) {
+                let dst = match &session.state {
+                    State::Open { dst, .. } => Some(*dst),
+                    State::Dialling { .. } => None,
+                };
+                debug!(protocol = "udp", listen = %self.ctx.listen, peer = %session.peer, dst = ?dst, action = "session_close", reason = "idle", "session closed");
+            }
+        }
+    }
+
+    /// Evicts least recently used sessions until one more fits under `max`.
+    fn make_room(&mut self, max: u32) {
+        let max = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+        // Bounds re-queueing of sessions used since their entry was pushed.
+        let mut refreshes = self.table.len();
+        while self.table.len() >= max {
+            let Some((idle, stamp, key)) = self.lru.pop_oldest() else {
+                self.rebuild_lru();
+                if self.lru.len == 0 {
+                    return;
+                }
+                continue;
+            };
+            let Some(session) = self.table.get(key) else { continue };
+            if session.last > stamp && refreshes > 0 {
+                refreshes -= 1;
+                self.lru.push(idle, session.last, key);
+                continue;
+            }
+            if let Some(session) = self.remove(key) {
+                RouteStats::add(&self.ctx.stats.evicted, 1);
+                let dst = match &session.state {
+                    State::Open { dst, .. } => Some(*dst),
+                    State::Dialling { .. } => None,
+                };
+                debug!(protocol = "udp", listen = %self.ctx.listen, peer = %session.peer, dst = ?dst, action = "evict", max_udp_sessions = max, "least recently used session evicted");
+            }
+        }
+    }
+
+    /// Takes a session out of the table, settles its counters, stops watching its socket
+    /// and aborts its lookup; the socket closes when the returned session is dropped.
+    fn remove(&mut self, key: Key) -> Option<Session> {
+        let session = self.table.remove(key)?;
+        self.release(&session);
+        if self.lru.len > 2 * self.table.len() + LRU_SLACK {
             self.rebuild_lru();
         }
         Some(session)
     }
 
-    /// Settles the counters of a session leaving the table.
+    /// Settles a session leaving the table and detaches it from the route.
+    fn release(&mut self, session: &Session) {
+        self.settle(session);
+        match &session.state {
+            State::Open { socket, .. } => {
+                if let Some(epoll) = &self.epoll
+                    && let Err(e) = epoll.get_ref().delete(socket.as_fd())
+                {
+                    trace!(protocol = "udp", peer = %session.peer, error = %e, "session socket was not watched");
+                }
+            }
+            State::Dialling { task, .. } => {
+                if let Some(task) = task {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    /// Settles the counters of a session leaving the table: `active` for an open one,
+    /// `dropped` for datagrams still queued.
     fn settle(&mut self, session: &Session) {
         match &session.state {
             State::Open { .. } => {
-                self.route.ctx.stats.active.fetch_sub(1, Relaxed);
+                self.ctx.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
-            State::Dialling { queue } => {
+            State::Dialling { queue, .. } => {
                 let bytes: usize = queue.iter().map(|d| d.len()).sum();
-                self.pending_bytes -= bytes;
-                RouteStats::add(&self.route.ctx.stats.dropped, queue.len() as u64);
+                self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+                RouteStats::add(&self.ctx.stats.dropped, queue.len() as u64);
             }
         }
     }
 
-    /// Rebuilds the recency heap from the table, dropping stale entries; O(n).
+    /// Rebuilds the recency heaps from the table, dropping stale entries; O(n).
     fn rebuild_lru(&mut self) {
-        let entries: Vec<_> = self
-            .map
-            .iter()
-            .map(|(peer, s)| {
-                // An ended session sorts first, to be reclaimed before anything is evicted.
-                let last = s.activity.last();
-                Reverse((if last == Activity::CLOSED { 0 } else { last }, s.id, *peer))
-            })
-            .collect();
-        self.lru = BinaryHeap::from(entries);
+        self.lru.clear();
+        for (key, session) in self.table.iter() {
+            self.lru.push(session.live.options.udp_idle_timeout, session.last, key);
+        }
     }
 
-    /// Ends every session and waits until no session task remains.
-    async fn close(mut self) {
-        let map = std::mem::take(&mut self.map);
-        for session in map.values() {
-            self.settle(session);
+    /// Ends every session: each socket leaves the epoll instance and is closed.
+    fn close(&mut self) {
+        let sessions: Vec<Session> = self.table.take_all().collect();
+        for session in &sessions {
+            self.release(session);
         }
-        // Dropping the sessions cancels their tasks (already cancelled through `close_conns`).
-        drop(map);
+        drop(sessions);
         self.lru.clear();
-        self.route.tasks.close();
-        self.route.tasks.wait().await;
     }
 }
 
-/// Resolves a dialling session's targets and makes its socket, then reports to the loop.
+/// Forwards one client datagram on a session's socket (with the route's PROXY header, if
+/// configured, and past the on-read hook), waiting while its send buffer is full.
+async fn send_upstream(ctx: &RouteCtx, socket: &StdUdpSocket, live: &Live, peer: SocketAddr, data: &[u8]) {
+    if let Some(hook) = &live.hooks.on_read {
+        hook.on_read(&ctx.conn_info(peer), Direction::ClientToTarget, data);
+    }
+    // Encoded on the stack for each datagram (28 or 52 bytes): no allocation and no
+    // per-session state; the header names the client and the bound address.
+    let header = live.options.proxy_protocol.map(|version| {
+        crate::proxy_protocol::encode(version, crate::proxy_protocol::Transport::Datagram, peer, ctx.listen)
+    });
+    let sent = loop {
+        let sent = match &header {
+            None => socket.send(data),
+            // `header ‖ data` as one datagram from two buffers: the payload is not copied.
+            Some(header) => {
+                socket2::SockRef::from(socket).send_vectored(&[IoSlice::new(header.as_bytes()), IoSlice::new(data)])
+            }
+        };
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = writable(socket, &ctx.close_conns).await {
+                    break Err(e);
+                }
+            }
+            sent => break sent,
+        }
+    };
+    match sent {
+        Ok(_) => {
+            RouteStats::add(&ctx.stats.bytes_in, data.len() as u64);
+            RouteStats::add(&ctx.stats.datagrams_in, 1);
+        }
+        Err(e) => {
+            // Often the ICMP report of an earlier datagram (ECONNREFUSED), consumed by
+            // this send; the session stays.
+            RouteStats::add(&ctx.stats.dropped, 1);
+            trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "send", error = %e, "datagram to target dropped");
+        }
+    }
+}
+
+/// Waits until `socket` may be written to, through a registration with Tokio that lasts
+/// only this wait; an error if the route closes first.
+async fn writable(socket: &StdUdpSocket, close: &CancellationToken) -> io::Result<()> {
+    tokio::select! {
+        _ = close.cancelled() => Err(io::Error::other("route closing")),
+        ready = epoll::writable(socket.as_fd()) => ready,
+    }
+}
+
+/// Resolves a dialling session's targets and makes its socket, then reports to the route.
 async fn setup(
     live: Arc<Live>,
-    cancel: CancellationToken,
+    close: CancellationToken,
     events: mpsc::UnboundedSender<Event>,
-    peer: SocketAddr,
-    id: u64,
+    key: Key,
+    client: std::net::IpAddr,
 ) {
     let timeout = live.options.connect_timeout;
     let result = tokio::select! {
-        _ = cancel.cancelled() => return,
-        dialled = tokio::time::timeout(timeout, dial::udp(&live.targets, peer.ip())) => match dialled {
+        _ = close.cancelled() => return,
+        dialled = tokio::time::timeout(timeout, dial::udp(&live.targets, client)) => match dialled {
             Ok(result) => result,
             Err(_) => Err(match live.targets.members().first() {
                 Some(member) => DialError::Timeout { target: member.target().clone(), timeout },
@@ -784,206 +1144,6 @@ async fn setup(
             }),
         },
     };
-    // The loop is gone only when the route is closing; the socket is dropped with the event.
-    let _ = events.send(Event::Dialled { peer, id, result });
-}
-
-/// The task carrying one session's replies and keeping its idle deadline.
-struct Relay {
-    /// The route's context (stats, hooks' view, `close_conns`).
-    ctx: RouteCtx,
-    /// The listening socket, which sends the replies.
-    listener: Arc<UdpSocket>,
-    /// The session's socket connected to its target.
-    upstream: Arc<UdpSocket>,
-    /// The client.
-    peer: SocketAddr,
-    /// The target's address.
-    dst: SocketAddr,
-    /// The target's shared state: an ICMP port-unreachable marks it down, a reply up.
-    target: Arc<Member>,
-    /// The session's id.
-    id: u64,
-    /// The route's settings when the session opened.
-    live: Arc<Live>,
-    /// Last use, shared with the receive loop.
-    activity: Arc<Activity>,
-    /// The route's clock.
-    clock: Clock,
-    /// Cancelled on eviction and when the route closes.
-    cancel: CancellationToken,
-    /// Where the end is reported.
-    events: mpsc::UnboundedSender<Event>,
-}
-
-/// What became of one batch of replies.
-enum Relayed {
-    /// Sent to the client, or dropped and counted.
-    Done,
-    /// Nothing more to read now.
-    Empty,
-    /// The listening socket's send buffer is full: the replies not sent, copied out to wait.
-    Blocked(Vec<Vec<u8>>),
-    /// Reading the upstream socket failed.
-    Failed(io::Error),
-}
-
-impl Relay {
-    /// Runs until the session is idle, evicted or closed.
-    async fn run(self) {
-        let idle = self.live.options.udp_idle_timeout;
-        let sleep = tokio::time::sleep_until(self.clock.idle_deadline(self.activity.last(), idle));
-        tokio::pin!(sleep);
-        let mut errors: u32 = 0;
-        let reason = loop {
-            tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => {
-                    break if self.ctx.close_conns.is_cancelled() { "route closed" } else { "evicted" };
-                }
-                // Readiness polled in place: the waker lives in the socket's own slot, so this
-                // branch adds nothing to the task's size (`readable()` holds a waiter node).
-                ready = std::future::poll_fn(|cx| self.upstream.poll_recv_ready(cx)) => {
-                    if let Err(e) = ready {
-                        // Only when the runtime's I/O driver is gone.
-                        debug!(protocol = "udp", listen = %self.ctx.listen, peer = %self.peer, dst = %self.dst, action = "recv", error = %e, "upstream socket unusable");
-                        break "upstream socket unusable";
-                    }
-                    match self.drain().await {
-                        Ok(()) => errors = 0,
-                        Err(e) => {
-                            errors = errors.saturating_add(1);
-                            debug!(protocol = "udp", listen = %self.ctx.listen, peer = %self.peer, dst = %self.dst, action = "recv", error = %e, "reading the target failed");
-                            // Cold path, boxed so that its timer is not part of every relay's size.
-                            Box::pin(self.pause((Duration::from_millis(5) * errors).min(RELAY_BACKOFF_MAX))).await;
-                        }
-                    }
-                }
-                _ = &mut sleep => match self.next_deadline(idle) {
-                    Some(deadline) => sleep.as_mut().reset(deadline),
-                    None => break "idle",
-                },
-            }
-        };
-        debug!(protocol = "udp", listen = %self.ctx.listen, peer = %self.peer, dst = %self.dst, action = "session_close", reason, "session closed");
-        let _ = self.events.send(Event::Ended { peer: self.peer, id: self.id });
-    }
-
-    /// The new idle deadline if a datagram moved it, or `None` once the session is ended.
-    fn next_deadline(&self, idle: Duration) -> Option<Instant> {
-        loop {
-            let seen = self.activity.last();
-            if seen == Activity::CLOSED {
-                return None;
-            }
-            let deadline = self.clock.idle_deadline(seen, idle);
-            if deadline > Instant::now() {
-                return Some(deadline);
-            }
-            if self.activity.close_if_unchanged(seen) {
-                return None;
-            }
-        }
-    }
-
-    /// Forwards up to [`RELAY_BURST`] waiting replies to the client, a batch per syscall pair.
-    async fn drain(&self) -> io::Result<()> {
-        for _ in 0..RELAY_BURST.div_ceil(mmsg::BATCH) {
-            match REPLY_BATCH.with_borrow_mut(|batch| self.relay_batch(batch)) {
-                Relayed::Done => {}
-                Relayed::Empty => return Ok(()),
-                Relayed::Blocked(replies) => {
-                    // Rare (the listening socket's send buffer is full): boxed, so that every
-                    // relay does not carry room for these futures.
-                    if !Box::pin(self.send_blocked(replies)).await {
-                        return Ok(());
-                    }
-                }
-                Relayed::Failed(e) if is_icmp_report(&e) => {
-                    // The target's port is closed (for now): the report is consumed, the session
-                    // stays (the target may come back), but new sessions avoid the target for a while.
-                    trace!(protocol = "udp", peer = %self.peer, dst = %self.dst, error = %e, "ICMP report from target");
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        self.live.targets.failed(&self.target, &e.to_string(), false);
-                    }
-                }
-                Relayed::Failed(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for the client's send buffer to take `replies`, in order; false if the session
-    /// was cancelled first.
-    async fn send_blocked(&self, replies: Vec<Vec<u8>>) -> bool {
-        for reply in replies {
-            let sent = tokio::select! {
-                _ = self.cancel.cancelled() => return false,
-                sent = self.listener.send_to(&reply, self.peer) => sent,
-            };
-            self.count_sent(sent, reply.len());
-        }
-        true
-    }
-
-    /// Sleeps for `pause`, or less if the session is cancelled.
-    async fn pause(&self, pause: Duration) {
-        tokio::select! {
-            _ = self.cancel.cancelled() => {}
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
-
-    /// Reads a batch of replies (recvmmsg) and sends them to the client without waiting
-    /// (sendmmsg).
-    fn relay_batch(&self, batch: &mut RecvBatch) -> Relayed {
-        let n = match batch.try_recv(&self.upstream) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::Empty,
-            Err(e) => return Relayed::Failed(e),
-        };
-        // The session's own relay is the only one that closes it, so this cannot fail here.
-        self.activity.touch(self.clock.now());
-        self.live.targets.succeeded(&self.target);
-        if let Some(hook) = &self.live.hooks.on_read {
-            for i in 0..n {
-                hook.on_read(&self.ctx.conn_info(self.peer), Direction::TargetToClient, batch.data(i));
-            }
-        }
-        let mut next = 0;
-        while next < n {
-            match mmsg::try_send(&self.listener, batch, next..n, Some(self.peer)) {
-                Ok(sent) => {
-                    for i in next..next + sent {
-                        self.count_sent(Ok(batch.data(i).len()), batch.data(i).len());
-                    }
-                    next += sent.max(1);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Relayed::Blocked((next..n).map(|i| batch.data(i).to_vec()).collect());
-                }
-                Err(e) => {
-                    // The first unsent datagram failed (e.g. too large for the path): drop it, go on.
-                    self.count_sent(Err(e), batch.data(next).len());
-                    next += 1;
-                }
-            }
-        }
-        Relayed::Done
-    }
-
-    /// Counts a reply sent to the client, or dropped.
-    fn count_sent(&self, sent: io::Result<usize>, len: usize) {
-        let stats = &self.ctx.stats;
-        match sent {
-            Ok(_) => {
-                RouteStats::add(&stats.bytes_out, len as u64);
-                RouteStats::add(&stats.datagrams_out, 1);
-            }
-            Err(e) => {
-                RouteStats::add(&stats.dropped, 1);
-                trace!(protocol = "udp", peer = %self.peer, dst = %self.dst, error = %e, "reply to client dropped");
-            }
-        }
-    }
+    // The route is gone only when it is closing; the socket is dropped with the event.
+    let _ = events.send(Event::Dialled { key, result });
 }
