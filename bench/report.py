@@ -58,7 +58,12 @@ def iperf(path: str) -> dict:
     if "error" in data:
         return {"error": data["error"]}
     end = data["end"]
-    return {"bps": end["sum_received"]["bits_per_second"], "sent_bps": end["sum_sent"]["bits_per_second"]}
+    received = end["sum_received"]
+    return {
+        "bps": received["bits_per_second"],
+        "sent_bps": end["sum_sent"]["bits_per_second"],
+        "duration_s": received.get("seconds"),
+    }
 
 
 def sockperf(path: str) -> dict:
@@ -186,6 +191,13 @@ def build_metrics(rows):
                 )
 
             metrics.append(Metric(label, per_target("bulk", f), True, "{:.2f}", target_note="≥ 0.85 × direct"))
+    def gbit_per_cpu_second(rs):
+        # Throughput per second of the proxy's own CPU time, over every bulk run: what the
+        # proxy costs, apart from the cross-CPU wake-ups that cap every proxy's Gbit/s here.
+        pairs = [(r.get("bps"), r.get("duration_s"), r.get("proxy_cpu_s")) for r in rs]
+        return median([b * d / 1e9 / s for b, d, s in pairs if b and d and s])
+
+    metrics.append(Metric("  bulk: Gbit moved per proxy CPU-second", per_target("bulk", gbit_per_cpu_second), True, "{:.1f}"))
     # 2. latency, per placement of the proxy: on the load CPU ("same") or its own ("split").
     for placement, where in (("same", "proxy on the load CPU"), ("split", "proxy on its own CPU")):
         def lat(key, p=placement):
@@ -220,6 +232,23 @@ def build_metrics(rows):
         Metric(f"Connection churn, {conc} concurrent (conns/s)", cps, True, "{:,.0f}", target_note="≥ 1.2 × best peer")
     )
     metrics.append(Metric("  churn p99 connection time (µs)", c99, False, "{:,.0f}"))
+
+    def per_cpu_second(rs):
+        # Connections per second of the proxy's own CPU time: the rate one CPU could carry,
+        # which ranks proxies even when the load generator caps conns/s for all of them.
+        pairs = [(r.get("conns"), r.get("proxy_cpu_s")) for r in rs]
+        return median([c / s for c, s in pairs if c and s])
+
+    cpu = per_target("churn", per_cpu_second)
+    metrics.append(
+        Metric(
+            "  churn: connections per proxy CPU-second",
+            cpu,
+            True,
+            "{:,.0f}",
+            target_note="≥ 1.2 × best peer (the proxy's capacity)",
+        )
+    )
 
     # 4. idle TCP, 5. UDP sessions: memory per connection / session
     def per_conn(rs, count_key, use_pss=False):
@@ -414,7 +443,12 @@ def table(path):
       "CPU for this test, so no cross-CPU wake-up is timed (steadier on a VM); 'on its own CPU' is the same "
       "placement as the throughput tests.")
     w("- Churn: loadgen, N tasks each looping connect → 1 byte → echo → half-close → EOF; a sample is one whole "
-      "connection lifetime.")
+      "connection lifetime. 'Connections per proxy CPU-second': the connections of a round divided by the "
+      "user + system CPU time the proxy's processes (with socat's reaped forks) used during it, from "
+      "/proc/PID/stat; when the one-CPU load generator caps conns/s for every target, this is what still "
+      "ranks the proxies: the rate one CPU of proxy could carry.")
+    w("- Bulk per CPU-second: bytes moved over the proxy's CPU time in the same iperf3 runs, median over all "
+      "four bulk configurations.")
     w("- UDP rate: one client socket (one proxy session) sends paced datagrams with sequence numbers; a step "
       "passes when < 0.1 % of them come back missing and the sender kept up; the rate doubles from 10 kpps until "
       "a step fails, then bisects.")

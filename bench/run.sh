@@ -373,12 +373,31 @@ stop_target() {
 }
 
 # ------------------------------------------------------------------------------ scenarios
+# proxy_cpu_ticks T: CPU time (clock ticks, user + system, with reaped children: socat's forks)
+# of every process of target T so far; 0 for direct.
+proxy_cpu_ticks() {
+    local pgid pid total=0 f
+    for pgid in ${TPIDS[$1]:-}; do
+        for pid in $(pgrep -g "$pgid"); do
+            # Fields after the ")" that ends the command name: utime is the 12th, then stime,
+            # cutime, cstime.
+            f=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+            set -- $f
+            total=$((total + ${12} + ${13} + ${14} + ${15}))
+        done
+    done
+    echo "$total"
+}
+
 bulk() { # run target streams reverse
-    local run=$1 t=$2 n=$3 rev=$4 flag="" rec
+    local run=$1 t=$2 n=$3 rev=$4 flag="" rec before after
     [ "$rev" = true ] && flag=-R
+    before=$(proxy_cpu_ticks "$t")
     if on_load timeout $((IPERF_SECS + 20)) iperf3 -c 127.0.0.1 -p "${P_IPERF[$t]}" \
         -t "$IPERF_SECS" -P "$n" $flag -J >"$T/iperf.json" 2>"$T/iperf.err"; then
+        after=$(proxy_cpu_ticks "$t")
         rec=$(python3 "$BENCH/report.py" iperf "$T/iperf.json")
+        rec="${rec%\}},\"proxy_cpu_s\":$(python3 -c "print(($after - $before) / $(getconf CLK_TCK))")}"
     else
         rec="{\"error\":$(json_str "iperf3 failed: $(python3 "$BENCH/report.py" iperf "$T/iperf.json" 2>/dev/null)")}"
         log "iperf3 through $t failed; restarting the iperf3 server"
@@ -415,11 +434,17 @@ latency() {
     done
 }
 
+# churn T: when the load generator, not the proxy, is the limit (on 2 CPUs it is: every
+# proxy reaches direct's rate), conns/s cannot rank proxies; the proxy's CPU time per
+# connection can. Each round records it, as proxy_cpu_s.
 churn() {
-    local t=$1 round line
+    local t=$1 round line before after hz
+    hz=$(getconf CLK_TCK)
     for round in $(seq "$CHURN_ROUNDS"); do
+        before=$(proxy_cpu_ticks "$t")
         if line=$(lg $((CHURN_SECS + 30)) churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs "$CHURN_SECS"); then
-            record "$t" churn "$line" "\"round\":$round"
+            after=$(proxy_cpu_ticks "$t")
+            record "$t" churn "$line" "\"round\":$round,\"proxy_cpu_s\":$(python3 -c "print(($after - $before) / $hz)")"
         else
             note "$t" "churn failed"
         fi
