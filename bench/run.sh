@@ -22,11 +22,11 @@ log() { printf '[bench %4ds] %s\n' $((SECONDS - START_SECONDS)) "$*" >&2; }
 # ------------------------------------------------------------------------------ parameters
 if [ "$BENCH_QUICK" != 0 ]; then
     IPERF_SECS=1 IPERF_RUNS=1 LAT_SECS=1 LAT_ROUNDS=1 SOCKPERF_SECS=0 CHURN_SECS=1 CHURN_ROUNDS=1
-    IDLE_CONNS=2000 SOCAT_CONNS=200 UDP_STEP_SECS=0.25 UDP_BISECT=1 UDP_SESSIONS=2000
+    IDLE_CONNS=2000 SOCAT_CONNS=200 UDP_STEP_SECS=0.25 UDP_BISECT=1 UDP_ROUNDS=1 UDP_SESSIONS=2000
     ROUTE_EDITS=5 CHURN_ROUTES=1000 ROUTE_CHURN_SECS=5
 else
     IPERF_SECS=3 IPERF_RUNS=5 LAT_SECS=2 LAT_ROUNDS=3 SOCKPERF_SECS=3 CHURN_SECS=2 CHURN_ROUNDS=3
-    IDLE_CONNS=10000 SOCAT_CONNS=1000 UDP_STEP_SECS=1 UDP_BISECT=3 UDP_SESSIONS=10000
+    IDLE_CONNS=10000 SOCAT_CONNS=1000 UDP_STEP_SECS=1 UDP_BISECT=3 UDP_ROUNDS=3 UDP_SESSIONS=10000
     ROUTE_EDITS=20 CHURN_ROUTES=1000 ROUTE_CHURN_SECS=15
 fi
 IPERF_SECS=${BENCH_IPERF_SECS:-$IPERF_SECS}
@@ -204,7 +204,7 @@ done
 EDIT_PORTS=$(IFS=,; echo "${PORTS[*]:i:ROUTE_EDITS}")
 printf '%s\n' "${PORTS[@]:i+ROUTE_EDITS:CHURN_ROUTES}" >"$T/churn-ports"
 
-BENCH_PARAMS="iperf3 ${IPERF_SECS} s × ${IPERF_RUNS} runs (median); ping-pong ${LAT_ROUNDS} × ${LAT_SECS} s (median of rounds); $([ "$SOCKPERF_SECS" = 0 ] && echo "no sockperf" || echo "sockperf ${SOCKPERF_SECS} s"); churn ${CHURN_ROUNDS} × ${CHURN_SECS} s at ${CHURN_CONC} concurrent; idle ${IDLE_CONNS} connections (socat ${SOCAT_CONNS}); UDP search steps of ${UDP_STEP_SECS} s, doubling from 10 kpps then ${UDP_BISECT} bisections; ${UDP_SESSIONS} UDP sessions (socat ${SOCAT_CONNS}); route apply over ${ROUTE_EDITS} edits; ${CHURN_ROUTES} routes churned for ${ROUTE_CHURN_SECS} s"
+BENCH_PARAMS="iperf3 ${IPERF_SECS} s × ${IPERF_RUNS} runs (median); ping-pong ${LAT_ROUNDS} × ${LAT_SECS} s (median of rounds); $([ "$SOCKPERF_SECS" = 0 ] && echo "no sockperf" || echo "sockperf ${SOCKPERF_SECS} s"); churn ${CHURN_ROUNDS} × ${CHURN_SECS} s at ${CHURN_CONC} concurrent; idle ${IDLE_CONNS} connections (socat ${SOCAT_CONNS}); UDP search steps of ${UDP_STEP_SECS} s, doubling from 10 kpps then ${UDP_BISECT} bisections, ${UDP_ROUNDS} rounds (median); ${UDP_SESSIONS} UDP sessions (socat ${SOCAT_CONNS}); route apply over ${ROUTE_EDITS} edits; ${CHURN_ROUTES} routes churned for ${ROUTE_CHURN_SECS} s"
 export BENCH_PARAMS BENCH_PINNING=$PINNING
 
 # ------------------------------------------------------------------------------ servers
@@ -410,19 +410,20 @@ bulk() { # run target streams reverse
 # latency T: one request in flight, so no CPU contention: measured with the proxy on the load
 # CPU (no cross-CPU wake-up: the steadier figure on a VM) and on a CPU of its own. sockperf
 # (its own client and server) cross-checks loadgen's ping-pong.
+# latency T ROUND: one round; the caller interleaves rounds across targets, so a noisy
+# stretch of the shared machine spreads over every target instead of landing on one.
 latency() {
-    local t=$1 round line placement
+    local t=$1 round=$2 line placement
     for placement in same split; do
         if [ "$placement" = same ]; then pin_target "$t" "$LOAD_CPU"; fi
-        for round in $(seq "$LAT_ROUNDS"); do
-            if line=$(lg $((LAT_SECS + 20)) pingpong --addr "127.0.0.1:${P_ECHO[$t]}" --size 64 --secs "$LAT_SECS"); then
-                record "$t" latency "$line" "\"round\":$round,\"placement\":\"$placement\""
-            else
-                note "$t" "ping-pong failed"
-            fi
-        done
-        # sockperf costs ~2.5 s on top of -t: once, beside the headline placement; off in BENCH_QUICK.
-        if [ "$placement" = split ] || [ "$SOCKPERF_SECS" = 0 ]; then
+        if line=$(lg $((LAT_SECS + 20)) pingpong --addr "127.0.0.1:${P_ECHO[$t]}" --size 64 --secs "$LAT_SECS"); then
+            record "$t" latency "$line" "\"round\":$round,\"placement\":\"$placement\""
+        else
+            note "$t" "ping-pong failed"
+        fi
+        # sockperf costs ~2.5 s on top of -t: once (first round), beside the headline
+        # placement; off in BENCH_QUICK.
+        if [ "$placement" = split ] || [ "$SOCKPERF_SECS" = 0 ] || [ "$round" != 1 ]; then
             :
         elif on_load timeout $((SOCKPERF_SECS + 20)) sockperf ping-pong --tcp -i 127.0.0.1 \
             -p "${P_SPERF[$t]}" -m 64 -t "$SOCKPERF_SECS" --full-rtt >"$T/sockperf.out" 2>&1; then
@@ -434,35 +435,31 @@ latency() {
     done
 }
 
-# churn T: when the load generator, not the proxy, is the limit (on 2 CPUs it is: every
-# proxy reaches direct's rate), conns/s cannot rank proxies; the proxy's CPU time per
-# connection can. Each round records it, as proxy_cpu_s.
+# churn T ROUND: one round. On this 2-CPU machine every proxy reaches direct's rate (the
+# load generator's CPU is the limit), so conns/s cannot rank proxies; the proxy's own CPU
+# time per connection can. Each round records it, as proxy_cpu_s.
 churn() {
-    local t=$1 round line before after hz
-    hz=$(getconf CLK_TCK)
-    for round in $(seq "$CHURN_ROUNDS"); do
-        before=$(proxy_cpu_ticks "$t")
-        if line=$(lg $((CHURN_SECS + 30)) churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs "$CHURN_SECS"); then
-            after=$(proxy_cpu_ticks "$t")
-            record "$t" churn "$line" "\"round\":$round,\"proxy_cpu_s\":$(python3 -c "print(($after - $before) / $hz)")"
-        else
-            note "$t" "churn failed"
-        fi
-        sleep 0.5
-    done
+    local t=$1 round=$2 line before after
+    before=$(proxy_cpu_ticks "$t")
+    if line=$(lg $((CHURN_SECS + 30)) churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs "$CHURN_SECS"); then
+        after=$(proxy_cpu_ticks "$t")
+        record "$t" churn "$line" "\"round\":$round,\"proxy_cpu_s\":$(python3 -c "print(($after - $before) / $(getconf CLK_TCK))")"
+    else
+        note "$t" "churn failed"
+    fi
+    sleep 0.5
 }
 
+# udp_search T SIZE ROUND: one search; rounds are interleaved across targets by the caller.
 udp_search() {
-    local t=$1 size line
+    local t=$1 size=$2 round=$3 line
     [ "${UDP_OK[$t]}" = 1 ] || return 0
-    for size in 64 1400; do
-        if line=$(lg 300 udp-search --addr "127.0.0.1:${P_UDP[$t]}" --size "$size" --secs "$UDP_STEP_SECS" \
-            --bisect "$UDP_BISECT" --max-loss-pct 0.1); then
-            record "$t" udp-search "$line"
-        else
-            note "$t" "UDP rate search ($size B) failed"
-        fi
-    done
+    if line=$(lg 300 udp-search --addr "127.0.0.1:${P_UDP[$t]}" --size "$size" --secs "$UDP_STEP_SECS" \
+        --bisect "$UDP_BISECT" --max-loss-pct 0.1); then
+        record "$t" udp-search "$line" "\"round\":$round"
+    else
+        note "$t" "UDP rate search ($size B) failed"
+    fi
 }
 
 # wait_line FILE TEST SECS: prints the first JSON line of that test once it appears in FILE.
@@ -590,15 +587,24 @@ for run in $(seq "$IPERF_RUNS"); do
     done
 done
 
-log "2. TCP latency: 64-byte ping-pong and sockperf"
-for t in "${UP[@]}"; do latency "$t"; done
+log "2. TCP latency: 64-byte ping-pong and sockperf, ${LAT_ROUNDS} rounds (interleaved)"
+for round in $(seq "$LAT_ROUNDS"); do
+    for t in "${UP[@]}"; do latency "$t" "$round"; done
+done
 
-log "3. connection churn: ${CHURN_CONC} concurrent"
-for t in "${UP[@]}"; do churn "$t"; done
+log "3. connection churn: ${CHURN_CONC} concurrent, ${CHURN_ROUNDS} rounds (interleaved)"
+for round in $(seq "$CHURN_ROUNDS"); do
+    for t in "${UP[@]}"; do churn "$t" "$round"; done
+done
 
-log "5a. UDP: highest rate under 0.1 % loss, 64 and 1400 bytes"
+log "5a. UDP: highest rate under 0.1 % loss, 64 and 1400 bytes, ${UDP_ROUNDS} rounds (interleaved)"
 for t in "${UP[@]}"; do
-    if [ "${UDP_OK[$t]}" = 1 ]; then udp_search "$t"; elif [ "$t" != haproxy ]; then note "$t" "UDP port not bound: UDP not measured"; fi
+    if [ "${UDP_OK[$t]}" != 1 ] && [ "$t" != haproxy ]; then note "$t" "UDP port not bound: UDP not measured"; fi
+done
+for round in $(seq "$UDP_ROUNDS"); do
+    for size in 64 1400; do
+        for t in "${UP[@]}"; do udp_search "$t" "$size" "$round"; done
+    done
 done
 
 for t in "${UP[@]}"; do stop_target "$t"; done
