@@ -28,6 +28,7 @@ mod error;
 pub mod fields;
 mod forward;
 mod hooks;
+pub mod limits;
 pub mod proxy_protocol;
 mod route;
 mod stats;

@@ -22,6 +22,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to serve: give --routes FILE, or leave out --no-docker to serve Docker labels");
     }
 
+    raise_nofile_limit();
+
     // The admin API binds before any route, so a taken admin port stops us before we serve.
     let listener = AdminListener::bind(&args.admin.admin).await?;
     let bound = listener.local_addr()?;
@@ -97,3 +99,26 @@ impl Signals {
         }
     }
 }
+
+/// Lifts the soft open-file limit to the hard one, so the usual 1,024 does not cap the
+/// forwarder at ~500 TCP connections; says so, and warns when even the hard limit is low.
+fn raise_nofile_limit() {
+    match proxy_core::limits::raise_nofile_limit() {
+        Ok(limit) => {
+            if limit.after > limit.before {
+                info!(from = limit.before, to = limit.after, "raised the open-file limit to the hard limit");
+            }
+            if limit.after < LOW_NOFILE {
+                warn!(
+                    limit = limit.after,
+                    "the open-file limit is low: each TCP connection takes two descriptors and each UDP \
+                     session one; raise it (ulimit -Hn, LimitNOFILE= in systemd, ulimits: in compose)"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
+/// Below this many descriptors, `dockward run` warns at start.
+const LOW_NOFILE: u64 = 4096;
