@@ -303,6 +303,27 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ParseError> {
         Err(ppp::v2::ParseError::Partial(..) | ppp::v2::ParseError::Incomplete(..)) => return Ok(Parsed::Incomplete),
         Err(e) => return Err(ParseError::V2(v2_reason(&e))),
     };
+    // TLVs are not used, but a header whose TLVs overrun its length is malformed (HAProxy
+    // refuses it too). A LOCAL or AF_UNSPEC header's body is to be ignored whatever it holds.
+    let addressed =
+        header.command == ppp::v2::Command::Proxy && !matches!(header.addresses, ppp::v2::Addresses::Unspecified);
+    let mut tlv_bytes = 0usize;
+    for tlv in header.tlvs().take_while(|_| addressed) {
+        match tlv {
+            Ok(tlv) => tlv_bytes += 3 + tlv.value.len(),
+            Err(ppp::v2::ParseError::InvalidTLV(kind, len)) => {
+                return Err(ParseError::V2(format!(
+                    "TLV 0x{kind:02X} says {len} bytes, more than the header has left"
+                )));
+            }
+            Err(_) => {
+                let left = header.tlv_bytes().len().saturating_sub(tlv_bytes);
+                return Err(ParseError::V2(format!(
+                    "{left} bytes after the addresses and TLVs, too few for a TLV (3 bytes at least)"
+                )));
+            }
+        }
+    }
     let transport = match header.protocol {
         ppp::v2::Protocol::Stream => Transport::Stream,
         ppp::v2::Protocol::Datagram => Transport::Datagram,
@@ -601,6 +622,10 @@ mod tests {
         let mut local = V2_SIGNATURE.to_vec();
         local.extend([0x20, 0x00, 0, 0]);
         assert_eq!(header(&local).addresses, None);
+        // A LOCAL header's body is ignored, even bytes that are not TLVs.
+        let mut local_junk = V2_SIGNATURE.to_vec();
+        local_junk.extend([0x20, 0x11, 0, 14, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0xFF, 0xFF]);
+        assert_eq!((header(&local_junk).len, header(&local_junk).addresses), (30, None));
         let mut tlv = V2_SIGNATURE.to_vec();
         tlv.extend([0x21, 0x11, 0, 12 + 5]);
         tlv.extend([10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2]);
