@@ -1002,7 +1002,7 @@ mod tests {
     fn proxy_protocol_combinations_are_checked_with_the_field_at_fault() {
         let build = |pairs: &[(&str, &str)]| draft(pairs).unwrap().build("x", "db").unwrap_err().to_string();
         let e = build(&[("port", "1:2"), ("accept_proxy_protocol", "required")]);
-        assert!(e.starts_with("trusted \"\": accept_proxy_protocol needs trusted"), "{e}");
+        assert!(e.starts_with("accept_proxy_protocol \"required\": accept_proxy_protocol needs trusted"), "{e}");
         let e = build(&[("port", "1:2"), ("trusted", "10.0.0.0/8")]);
         assert!(e.starts_with("trusted \"10.0.0.0/8\": trusted is only used with accept_proxy_protocol"), "{e}");
         let e = build(&[("port", "1:2"), ("scheme", "udp"), ("accept_proxy_protocol", "required"), ("trusted", "::1")]);

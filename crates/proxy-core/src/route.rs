@@ -284,8 +284,9 @@ impl RouteOptions {
                 );
             }
             (Some(_), true) => {
+                // Blamed on the field that was set: `trusted` was not.
                 return fail(
-                    "trusted",
+                    "accept_proxy_protocol",
                     "accept_proxy_protocol needs trusted: the addresses or networks (CIDR) of the proxies allowed to send a PROXY header",
                 );
             }
