@@ -61,7 +61,7 @@ fn build_bin() -> Result<PathBuf, String> {
 pub fn command() -> Command {
     let mut cmd = Command::new(bin());
     cmd.env_remove("DOCKWARD_ADMIN").env_remove("DOCKER_HOST").env_remove("RUST_LOG");
-    cmd.env_remove("DOCKWARD_ALLOW").env_remove("DOCKWARD_DENY");
+    cmd.env_remove("DOCKWARD_ALLOW").env_remove("DOCKWARD_DENY").env_remove("DOCKWARD_DOCKER_LABEL_FILTER");
     cmd
 }
 

@@ -109,6 +109,12 @@ pub struct RunArgs {
     /// Docker engine to watch. Default: DOCKER_HOST, else the local socket.
     #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Watch only the containers (and swarm services) carrying every one of these labels:
+    /// `key` or `key=value`, comma-separated or with the flag repeated. Lets several
+    /// dockward instances share one engine, each serving its own project.
+    #[arg(long, value_name = "KEY[=VALUE],...", env = "DOCKWARD_DOCKER_LABEL_FILTER", value_delimiter = ',',
+          value_parser = parse_label_filter)]
+    pub docker_label_filter: Vec<String>,
     /// Global ACL: clients every route lets in, besides its own `allow`. IPs and CIDR
     /// networks, comma-separated or with the flag repeated; once set, every other client of
     /// every route is refused. `deny` wins over it.
@@ -129,6 +135,15 @@ impl RunArgs {
     pub fn global_acl(&self) -> Acl {
         let flatten = |lists: &[NetList]| lists.iter().flat_map(|l| l.0.iter().copied()).collect();
         Acl::new(flatten(&self.allow), flatten(&self.deny))
+    }
+}
+
+/// One `--docker-label-filter` entry: `key` or `key=value`, trimmed; the key may not be empty.
+fn parse_label_filter(text: &str) -> Result<String, String> {
+    let entry = text.trim();
+    match entry.split_once('=').map_or(entry, |(key, _)| key).trim() {
+        "" => Err(format!("{entry:?} has no label key; expected key or key=value")),
+        _ => Ok(entry.to_string()),
     }
 }
 
@@ -226,6 +241,23 @@ mod tests {
         assert_eq!(run.admin.admin, AdminAddr::Unix("/run/dockward.sock".into()));
         assert!(run.no_docker);
         assert_eq!(run.log.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_docker_label_filter_takes_comma_lists_and_repeated_flags_and_refuses_a_missing_key() {
+        let cli = Cli::try_parse_from([
+            "dockward",
+            "run",
+            "--docker-label-filter",
+            "com.docker.compose.project=shop, tier",
+            "--docker-label-filter",
+            "team=games",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!(run.docker_label_filter, ["com.docker.compose.project=shop", "tier", "team=games"]);
+        let e = Cli::try_parse_from(["dockward", "run", "--docker-label-filter", "a,=b"]).unwrap_err().to_string();
+        assert!(e.contains("\"=b\" has no label key"), "{e}");
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         providers.push(providers::file::spawn(path, shutdown.child_token())?);
     }
-    let docker = DockerOptions { disabled: args.no_docker, host: args.docker_host };
+    let docker =
+        DockerOptions { disabled: args.no_docker, host: args.docker_host, label_filters: args.docker_label_filter };
     if let Some(provider) = providers::docker::spawn(&docker, shutdown.child_token())? {
         providers.push(provider);
     }

@@ -8,8 +8,8 @@
 //! engine is unreachable the watcher retries in the background (a WARN at most once a
 //! minute) and the last known routes keep running.
 //!
-//! `DOCKWARD_DOCKER_LABEL_FILTER` (comma-separated `key` or `key=value`, all must match)
-//! restricts the provider to the containers (and services) carrying those labels, so
+//! `--docker-label-filter` (or `DOCKWARD_DOCKER_LABEL_FILTER`: comma-separated `key` or
+//! `key=value`, all must match) restricts the provider to the containers (and services) carrying those labels, so
 //! several dockward instances can share one engine (the end-to-end tests run one per test
 //! case this way).
 
@@ -29,6 +29,8 @@ pub struct DockerOptions {
     pub disabled: bool,
     /// `--docker-host` (or DOCKER_HOST); `None` means the local socket.
     pub host: Option<String>,
+    /// `--docker-label-filter`: only containers carrying all of these (`key` or `key=value`).
+    pub label_filters: Vec<String>,
 }
 
 /// Starts the Docker provider, or returns `None` when it is off.
@@ -41,7 +43,7 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
         return Ok(None);
     }
     let config =
-        DockerConfig { label_filters: label_filters_from_env(), ..DockerConfig::with_host(options.host.clone()) };
+        DockerConfig { label_filters: options.label_filters.clone(), ..DockerConfig::with_host(options.host.clone()) };
     if !config.label_filters.is_empty() {
         info!(labels = ?config.label_filters, "docker provider limited to containers with these labels");
     }
@@ -69,16 +71,6 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
         }
     });
     Ok(Some(Provider { name, state: rx }))
-}
-
-/// The environment variable restricting the provider to containers with given labels.
-pub const LABEL_FILTER_ENV: &str = "DOCKWARD_DOCKER_LABEL_FILTER";
-
-/// `DOCKWARD_DOCKER_LABEL_FILTER`, split at commas; empty when unset.
-fn label_filters_from_env() -> Vec<String> {
-    std::env::var(LABEL_FILTER_ENV)
-        .map(|v| v.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// The routes and errors of one snapshot.
