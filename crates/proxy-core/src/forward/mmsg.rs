@@ -123,15 +123,17 @@ impl RecvBatch {
     }
 
     /// The sender of datagram `i` of the last receive (None for an unknown address family),
-    /// or the address [`RecvBatch::set_peer`] put there since.
+    /// or the address [`RecvBatch::set_peers`] put there since.
     pub(crate) fn peer(&self, i: usize) -> Option<SocketAddr> {
         to_socket_addr(self.addrs.get(i)?)
     }
 
-    /// Replaces the address of datagram `i`: where [`try_send_to_peers`] sends it.
-    pub(crate) fn set_peer(&mut self, i: usize, addr: SocketAddr) {
-        if let Some(slot) = self.addrs.get_mut(i) {
-            *slot = from_socket_addr(addr);
+    /// Replaces the address of datagrams `range` (one session's replies) with `addr`,
+    /// converted once for them all: where [`try_send_to_peers`] sends them.
+    pub(crate) fn set_peers(&mut self, range: Range<usize>, addr: SocketAddr) {
+        let storage = from_socket_addr(addr);
+        for slot in self.addrs.get_mut(range).into_iter().flatten() {
+            *slot = storage;
         }
     }
 }
@@ -311,8 +313,8 @@ mod tests {
         let second = recv_some(&mut batch, &to_y, first).await;
         assert_eq!(second, 1);
         // Swap the destinations: x's datagram goes to y and y's to x, in one call.
-        batch.set_peer(0, y.local_addr().unwrap());
-        batch.set_peer(1, x.local_addr().unwrap());
+        batch.set_peers(0..1, y.local_addr().unwrap());
+        batch.set_peers(1..2, x.local_addr().unwrap());
         let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // Tokio only tries a send once it has seen the socket writable.
         sender.writable().await.unwrap();

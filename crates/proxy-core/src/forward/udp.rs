@@ -889,13 +889,13 @@ impl Sessions {
                     Ok(received) => {
                         session.last = session.last.max(now);
                         session.live.targets.succeeded(lease.member());
-                        for j in filled..filled + received {
-                            if let Some(hook) = &session.live.hooks.on_read {
-                                let info = self.ctx.conn_info(session.peer);
+                        if let Some(hook) = &session.live.hooks.on_read {
+                            let info = self.ctx.conn_info(session.peer);
+                            for j in filled..filled + received {
                                 hook.on_read(&info, Direction::TargetToClient, batch.data(j));
                             }
-                            batch.set_peer(j, session.peer);
                         }
+                        batch.set_peers(filled..filled + received, session.peer);
                         filled += received;
                         taken += received.max(1);
                     }
