@@ -95,7 +95,8 @@ pub struct AdminArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A routes file (YAML) to serve and watch for changes; may be given several times.
-    #[arg(long = "routes", value_name = "FILE")]
+    /// Required with --no-docker: without either there is nothing to serve (a usage error).
+    #[arg(long = "routes", value_name = "FILE", required_if_eq("no_docker", "true"))]
     pub routes: Vec<PathBuf>,
     /// Where the admin API listens.
     #[command(flatten)]
@@ -322,6 +323,16 @@ mod tests {
         let err = Cli::try_parse_from(["dockward", "check", "--labels", "novalue"]).unwrap_err();
         assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
         assert!(Cli::try_parse_from(["dockward", "check", "--name", "x", "--routes", "r.yml"]).is_err());
+    }
+
+    #[test]
+    fn no_docker_without_routes_is_a_usage_error() {
+        let err = Cli::try_parse_from(["dockward", "run", "--no-docker"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--routes <FILE>"), "{err}");
+        assert!(Cli::try_parse_from(["dockward", "run", "--no-docker", "--routes", "r.yml"]).is_ok());
+        assert!(Cli::try_parse_from(["dockward", "run"]).is_ok(), "Docker alone is something to serve");
     }
 
     #[test]
