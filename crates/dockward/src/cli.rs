@@ -43,7 +43,10 @@ Examples:
   dockward run --routes r.yml --allow 10.0.0.0/8,192.168.1.5 --deny 10.0.0.66
 
 Routes files are watched: edits apply within ~100 ms; a file with errors keeps its previous
-routes running and shows its errors in `dockward routes`.";
+routes running and shows its errors in `dockward routes`.
+
+A browser at the admin address (http://127.0.0.1:7031/ by default) shows the status page: every
+route with live throughput and connection sparklines.";
 
 const ROUTES_EXAMPLES: &str = "\
 Examples:
