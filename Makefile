@@ -2,6 +2,10 @@
 
 CARGO ?= cargo
 ROUTES ?= examples/routes.yml
+# More `dockward run` flags for `make run`, e.g. ARGS=--no-docker to serve the routes file only.
+ARGS ?=
+# Where tests record what they skipped (tests/common/skip.rs); `make test` summarises it.
+SKIP_FILE := $(CURDIR)/target/test-skips.log
 
 .PHONY: build run test soak fuzz bench fmt lint
 
@@ -10,18 +14,32 @@ build:
 
 # Forwards 127.0.0.1:8022 to dockward's own admin API (127.0.0.1:7031); try
 # `curl http://127.0.0.1:8022/healthz` and `./target/debug/dockward routes` from another terminal.
+# Also serves the labelled containers of the local Docker engine when one answers;
+# `make run ARGS=--no-docker` serves the routes file only.
 run:
-	$(CARGO) run -p dockward -- run --routes $(ROUTES)
+	$(CARGO) run -p dockward -- run --routes $(ROUTES) $(ARGS)
 
 # Every test: unit and end-to-end (nextest when installed, else cargo test), then doc tests,
-# which nextest does not run.
+# which nextest does not run. Ends with one line naming how many tests skipped for lack of
+# Docker, HAProxy, a browser...: nextest hides their SKIP lines. The exit status is the tests'.
 test:
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "$(CARGO) nextest run --workspace --no-fail-fast"; $(CARGO) nextest run --workspace --no-fail-fast; \
+	@mkdir -p target; rm -f "$(SKIP_FILE)"; status=0; \
+	export DOCKWARD_SKIP_FILE="$(SKIP_FILE)"; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --workspace --no-fail-fast"; $(CARGO) nextest run --workspace --no-fail-fast || status=$$?; \
 	else \
-		echo "$(CARGO) test --workspace --all-targets --no-fail-fast"; $(CARGO) test --workspace --all-targets --no-fail-fast; \
-	fi
-	$(CARGO) test --doc --workspace
+		echo "$(CARGO) test --workspace --all-targets --no-fail-fast"; $(CARGO) test --workspace --all-targets --no-fail-fast || status=$$?; \
+	fi; \
+	if [ $$status -eq 0 ]; then echo "$(CARGO) test --doc --workspace"; $(CARGO) test --doc --workspace || status=$$?; fi; \
+	if [ -s "$(SKIP_FILE)" ]; then \
+		cut -f1,2 "$(SKIP_FILE)" | sort -u | awk -F'\t' -v file="$(SKIP_FILE)" \
+			'{ n++; if (!($$1 in k)) o[++m] = $$1; k[$$1]++ } \
+			 END { for (i = 1; i <= m; i++) s = s (i > 1 ? ", " : "") k[o[i]] " " o[i]; \
+			       printf "SKIPPED %d test(s) for lack of what they need: %s (names and reasons: %s)\n", n, s, file }'; \
+	else \
+		echo "SKIPPED none: every test that needs Docker, HAProxy or a browser ran"; \
+	fi; \
+	exit $$status
 
 # Load without loss and leaks, against a release build (tests/load.rs, tests/docker_faults.rs):
 # 10 GiB of checked TCP, 1,000,000 numbered UDP datagrams paced under the lossless rate it

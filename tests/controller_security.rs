@@ -153,7 +153,11 @@ async fn dockward_needs_only_read_only_docker_api_calls() {
     let case = "security_read_only_docker";
     let Some(engine) = TestEngine::connect(case).await else { return };
     let Some(upstream) = engine_socket() else {
-        println!("SKIP {case}: DOCKER_HOST is not a unix socket; the filtering proxy forwards to one");
+        dockward_tests::skip::skip(
+            "docker",
+            case,
+            "DOCKER_HOST is not a unix socket; the filtering proxy forwards to one",
+        );
         return;
     };
     let proxy = FilterProxy::start(upstream);

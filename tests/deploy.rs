@@ -185,7 +185,11 @@ fn compose_command() -> Option<Vec<&'static str>> {
 fn the_compose_files_are_valid_compose() {
     let Some(compose) = compose_command() else {
         assert!(!docker_required(), "DOCKWARD_REQUIRE_DOCKER=1 but neither `docker compose` nor docker-compose runs");
-        println!("SKIP the_compose_files_are_valid_compose: no docker compose (apt-get install docker-compose)");
+        dockward_tests::skip::skip(
+            "docker",
+            "the_compose_files_are_valid_compose",
+            "no docker compose (apt-get install docker-compose)",
+        );
         return;
     };
     for file in compose_files() {
@@ -207,7 +211,11 @@ fn the_compose_files_are_valid_compose() {
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     if !Command::new("systemd-analyze").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
-        println!("SKIP the_systemd_unit_passes_systemd_analyze_verify: no systemd-analyze (apt-get install systemd)");
+        dockward_tests::skip::skip(
+            "systemd",
+            "the_systemd_unit_passes_systemd_analyze_verify",
+            "no systemd-analyze (apt-get install systemd)",
+        );
         return;
     }
     // verify checks that ExecStart's program exists: point it at the binary under test.

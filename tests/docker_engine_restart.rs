@@ -117,7 +117,7 @@ async fn docker_routes_come_back_within_3s_of_each_of_ten_engine_restarts_and_fi
     const NAME: &str = "docker_engine_restart";
     if let Err(why) = PrivateEngine::available() {
         assert!(!docker_required(), "DOCKWARD_REQUIRE_DOCKER=1 but a private dockerd cannot run: {why}");
-        println!("SKIP {NAME}: a private dockerd cannot run here: {why}");
+        dockward_tests::skip::skip("docker", NAME, format!("a private dockerd cannot run here: {why}"));
         return;
     }
     let mut private = PrivateEngine::start();

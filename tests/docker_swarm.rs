@@ -225,7 +225,11 @@ async fn the_watcher_follows_the_engine_into_and_out_of_a_swarm() {
     let _serial = serial().await;
     let Some(engine) = TestEngine::connect("swarm_toggle").await else { return };
     if in_a_swarm() {
-        println!("SKIP the_watcher_follows_the_engine_into_and_out_of_a_swarm: the engine is in a swarm already");
+        dockward_tests::skip::skip(
+            "docker",
+            "the_watcher_follows_the_engine_into_and_out_of_a_swarm",
+            "the engine is in a swarm already",
+        );
         return;
     }
     // A short resync: that is when the watcher asks the engine whether it became a manager.

@@ -380,7 +380,11 @@ async fn a_lost_engine_connection_is_retried_and_reconciled() {
     let upstream = match std::env::var("DOCKER_HOST") {
         Ok(h) if h.starts_with("unix://") => PathBuf::from(h.trim_start_matches("unix://")),
         Ok(h) if !h.is_empty() => {
-            println!("SKIP a_lost_engine_connection_is_retried_and_reconciled: DOCKER_HOST={h} is not a unix socket");
+            dockward_tests::skip::skip(
+                "docker",
+                "a_lost_engine_connection_is_retried_and_reconciled",
+                format!("DOCKER_HOST={h} is not a unix socket"),
+            );
             return;
         }
         _ => PathBuf::from("/var/run/docker.sock"),

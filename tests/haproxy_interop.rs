@@ -34,7 +34,11 @@ fn haproxy_bin(test: &str) -> Option<PathBuf> {
     if found.is_none() {
         let required = std::env::var("DOCKWARD_REQUIRE_HAPROXY").is_ok_and(|v| v == "1" || v == "true");
         assert!(!required, "DOCKWARD_REQUIRE_HAPROXY=1 but no haproxy executable (apt-get install haproxy)");
-        println!("SKIP {test}: haproxy is not installed (apt-get install haproxy; .ci/run installs it)");
+        dockward_tests::skip::skip(
+            "haproxy",
+            test,
+            "haproxy is not installed (apt-get install haproxy; .ci/run installs it)",
+        );
     }
     found
 }

@@ -80,8 +80,8 @@ fn a_second_signal_stops_waiting_for_open_connections() {
 }
 
 #[test]
-fn run_with_nothing_to_serve_is_an_error() {
+fn run_with_nothing_to_serve_is_a_usage_error() {
     let out = dockward_tests::dockward::run(&["run", "--no-docker", "--admin", "127.0.0.1:0"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to serve"));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--routes <FILE>"));
 }

@@ -175,7 +175,11 @@ impl TestEngine {
                 if docker_required() {
                     panic!("DOCKWARD_REQUIRE_DOCKER=1 but no Docker engine answers: {e}");
                 }
-                println!("SKIP {case}: no Docker engine reachable ({e}); run scripts/start-dockerd.sh");
+                crate::skip::skip(
+                    "docker",
+                    case,
+                    format!("no Docker engine reachable ({e}); run scripts/start-dockerd.sh"),
+                );
                 return None;
             }
         };

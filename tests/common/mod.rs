@@ -8,10 +8,12 @@
 //! - `private_engine`: a second dockerd of the test's own, to stop and start at will.
 //! - `load`: checksummed TCP streams and sequence-numbered UDP datagrams, for load tests.
 //! - `swarm`: a single-node Docker Swarm that is left at the end, and test services.
+//! - `skip`: printing SKIP and recording it for `make test`'s summary of what did not run.
 
 pub mod docker;
 pub mod dockward;
 pub mod load;
 pub mod private_engine;
 pub mod prometheus;
+pub mod skip;
 pub mod swarm;

@@ -89,7 +89,11 @@ impl TestSwarm {
                 TestSwarm { initialised: ours, gwbridge_existed: !ours && gwbridge_existed }
             }
             other => {
-                println!("SKIP: the engine's swarm state is {other:?} (manager: {manager}); not touching it");
+                crate::skip::skip(
+                    "docker",
+                    "swarm",
+                    format!("the engine's swarm state is {other:?} (manager: {manager}); not touching it"),
+                );
                 return None;
             }
         };

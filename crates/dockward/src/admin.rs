@@ -26,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::controller::View;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::routes_view;
+use crate::status_page;
 
 /// The admin API's address when neither `--admin` nor `DOCKWARD_ADMIN` is given.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7031";
@@ -127,7 +129,9 @@ fn set_owner_only(path: &Path) -> std::io::Result<()> {
 
 /// Serves the admin API on `listener` until `shutdown` fires.
 pub async fn serve(listener: AdminListener, view: View, shutdown: CancellationToken) {
-    let state = Arc::new(State { metrics: Metrics::new(view.clone()), view });
+    let history = History::new();
+    tokio::spawn(history.clone().run(view.clone(), shutdown.child_token()));
+    let state = Arc::new(State { metrics: Metrics::new(view.clone()), view, history });
     match &listener {
         AdminListener::Tcp(l) => loop {
             tokio::select! {
@@ -164,6 +168,8 @@ async fn accept_error(e: std::io::Error) {
 struct State {
     view: View,
     metrics: Metrics,
+    /// The status page's samples (`GET /history`).
+    history: History,
 }
 
 fn spawn_conn<S>(stream: S, state: Arc<State>, shutdown: CancellationToken)
@@ -185,6 +191,9 @@ where
 
 fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if let Some(resp) = status_page::respond(req.method(), path, &state.history) {
+        return resp;
+    }
     if !matches!(path, "/routes" | "/healthz" | "/metrics") {
         return text(StatusCode::NOT_FOUND, "not found; the admin API serves /routes, /healthz and /metrics\n");
     }

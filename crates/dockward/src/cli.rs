@@ -43,7 +43,10 @@ Examples:
   dockward run --routes r.yml --allow 10.0.0.0/8,192.168.1.5 --deny 10.0.0.66
 
 Routes files are watched: edits apply within ~100 ms; a file with errors keeps its previous
-routes running and shows its errors in `dockward routes`.";
+routes running and shows its errors in `dockward routes`.
+
+A browser at the admin address (http://127.0.0.1:7031/ by default) shows the status page: every
+route with live throughput and connection sparklines.";
 
 const ROUTES_EXAMPLES: &str = "\
 Examples:
@@ -95,7 +98,8 @@ pub struct AdminArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A routes file (YAML) to serve and watch for changes; may be given several times.
-    #[arg(long = "routes", value_name = "FILE")]
+    /// Required with --no-docker: without either there is nothing to serve (a usage error).
+    #[arg(long = "routes", value_name = "FILE", required_if_eq("no_docker", "true"))]
     pub routes: Vec<PathBuf>,
     /// Where the admin API listens.
     #[command(flatten)]
@@ -322,6 +326,16 @@ mod tests {
         let err = Cli::try_parse_from(["dockward", "check", "--labels", "novalue"]).unwrap_err();
         assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
         assert!(Cli::try_parse_from(["dockward", "check", "--name", "x", "--routes", "r.yml"]).is_err());
+    }
+
+    #[test]
+    fn no_docker_without_routes_is_a_usage_error() {
+        let err = Cli::try_parse_from(["dockward", "run", "--no-docker"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--routes <FILE>"), "{err}");
+        assert!(Cli::try_parse_from(["dockward", "run", "--no-docker", "--routes", "r.yml"]).is_ok());
+        assert!(Cli::try_parse_from(["dockward", "run"]).is_ok(), "Docker alone is something to serve");
     }
 
     #[test]
