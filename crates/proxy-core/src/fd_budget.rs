@@ -13,7 +13,7 @@
 //! listening sockets, each route's epoll descriptor, the admin API and its clients, the
 //! routes files, the logs and TCP connections keep when UDP has taken all it may. TCP
 //! connections are bounded by each route's `max_connections`, not by this budget
-//! ([`FdBudget::try_acquire`] is public should they draw from it too).
+//! ([`FdPermit`] is public should they draw from it too).
 //!
 //! **Use.** A session takes an [`FdPermit`] before its socket is made and gives it back when
 //! it leaves the route's table, as its socket closes. A route's effective session cap is
@@ -105,10 +105,16 @@ impl FdBudget {
         self.used.load(Relaxed)
     }
 
-    /// A permit for one descriptor, or `None` when the budget is spent.
-    pub fn try_acquire(&'static self) -> Option<FdPermit> {
-        self.used.fetch_update(Relaxed, Relaxed, |used| (used < self.capacity).then_some(used + 1)).ok()?;
-        Some(FdPermit { budget: self })
+    /// Takes one descriptor from the budget; false when it is spent. Each `true` must be
+    /// matched by one [`FdBudget::give_back`]; [`FdPermit`] does it for the process's budget.
+    pub fn try_take(&self) -> bool {
+        self.used.fetch_update(Relaxed, Relaxed, |used| (used < self.capacity).then_some(used + 1)).is_ok()
+    }
+
+    /// Returns a descriptor taken by [`FdBudget::try_take`].
+    pub fn give_back(&self) {
+        // Never below zero, even if given back more often than taken.
+        let _ = self.used.fetch_update(Relaxed, Relaxed, |used| used.checked_sub(1));
     }
 
     /// Counts one refusal for want of a permit; `Some(refusals since the last report)` when
@@ -143,16 +149,26 @@ pub struct Oversubscribed {
     pub limit: u64,
 }
 
-/// One descriptor of the budget, given back on drop.
+/// One descriptor of the process's budget ([`FdBudget::global`]), given back on drop.
+///
+/// Zero-sized: a UDP session holds one for its life at no cost in memory.
 #[derive(Debug)]
 pub struct FdPermit {
-    /// Where it came from.
-    budget: &'static FdBudget,
+    /// Made only by [`FdPermit::try_new`].
+    _private: (),
+}
+
+impl FdPermit {
+    /// A descriptor from the process's budget, or `None` when it is spent.
+    pub fn try_new() -> Option<FdPermit> {
+        // Not `then_some`: that would make (and drop, giving back) a permit when none is left.
+        if FdBudget::global().try_take() { Some(FdPermit { _private: () }) } else { None }
+    }
 }
 
 impl Drop for FdPermit {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(1, Relaxed);
+        FdBudget::global().give_back();
     }
 }
 
@@ -259,31 +275,34 @@ mod tests {
     }
 
     #[test]
-    fn permits_run_out_at_the_capacity_and_come_back_on_drop() {
-        let budget = budget(300);
+    fn descriptors_run_out_at_the_capacity_and_come_back_when_given_back() {
+        let budget = FdBudget::for_limit(300);
         assert_eq!(budget.capacity(), 150);
-        let mut permits: Vec<FdPermit> = (0..150).map(|_| budget.try_acquire().expect("room")).collect();
+        assert_eq!((0..200).filter(|_| budget.try_take()).count(), 150);
         assert_eq!(budget.in_use(), 150);
-        assert!(budget.try_acquire().is_none(), "spent");
-        permits.pop();
+        assert!(!budget.try_take(), "spent");
+        budget.give_back();
         assert_eq!(budget.in_use(), 149);
-        let again = budget.try_acquire().expect("a permit given back is available again");
-        drop(permits);
-        drop(again);
-        assert_eq!(budget.in_use(), 0);
+        assert!(budget.try_take(), "a descriptor given back can be taken again");
+        (0..200).for_each(|_| budget.give_back());
+        assert_eq!(budget.in_use(), 0, "never below zero");
     }
 
     #[test]
     fn racing_threads_never_take_more_than_the_capacity() {
-        let budget = budget(2_000);
-        let permits: Vec<Vec<FdPermit>> = std::thread::scope(|scope| {
-            let takers: Vec<_> = (0..4)
-                .map(|_| scope.spawn(|| std::iter::from_fn(|| budget.try_acquire()).take(1_000).collect()))
-                .collect();
-            takers.into_iter().map(|t| t.join().expect("no panic")).collect()
+        let budget = FdBudget::for_limit(2_000);
+        let taken: usize = std::thread::scope(|scope| {
+            let takers: Vec<_> =
+                (0..4).map(|_| scope.spawn(|| (0..1_000).filter(|_| budget.try_take()).count())).collect();
+            takers.into_iter().map(|t| t.join().expect("no panic")).sum()
         });
-        assert_eq!(permits.iter().map(Vec::len).sum::<usize>(), budget.capacity());
+        assert_eq!(taken, budget.capacity());
         assert_eq!(budget.in_use(), budget.capacity());
+    }
+
+    #[test]
+    fn a_permit_takes_no_memory() {
+        assert_eq!(std::mem::size_of::<FdPermit>(), 0);
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Sessions {
         self.cap.set(max);
         // Room first: a session evicted at the cap gives back the permit the new one takes.
         self.make_room(max.min(u32::try_from(self.budget.capacity()).unwrap_or(u32::MAX)));
-        let Some(permit) = self.budget.try_acquire() else {
+        let Some(permit) = FdPermit::try_new() else {
             self.budget_spent(peer);
             return;
         };
