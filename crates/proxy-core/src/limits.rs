@@ -22,6 +22,9 @@ pub struct NofileLimit {
 /// Raises the soft open-file limit to the hard limit (or, when that is unlimited, to the
 /// kernel's `fs.nr_open`); a no-op when it is there already.
 ///
+/// Call it before any route starts: the UDP sessions' descriptor budget
+/// ([`crate::fd_budget`]) reads the limit once, when the first UDP route starts.
+///
 /// ```
 /// let limit = proxy_core::limits::raise_nofile_limit().expect("getrlimit works");
 /// assert!(limit.after >= limit.before && limit.after <= limit.hard);
