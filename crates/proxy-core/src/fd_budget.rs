@@ -195,10 +195,14 @@ impl CapRegistration {
         }
         let (old, new) = (u64::from(self.cap), u64::from(cap));
         let budget = self.budget;
-        let before = budget.caps.fetch_add(new, Relaxed);
-        budget.caps.fetch_sub(old, Relaxed);
+        // One step, so that no other route sees a sum with both caps in it.
+        let before = if new > old {
+            budget.caps.fetch_add(new - old, Relaxed)
+        } else {
+            budget.caps.fetch_sub(old - new, Relaxed)
+        };
         self.cap = cap;
-        let (before, after) = (before, before + new - old);
+        let after = before + new - old;
         let capacity = budget.capacity as u64;
         if after > capacity && before <= capacity {
             warn!(
