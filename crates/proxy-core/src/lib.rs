@@ -25,6 +25,7 @@
 pub mod acl;
 mod balance;
 mod error;
+pub mod fd_budget;
 pub mod fields;
 mod forward;
 mod hooks;
