@@ -12,7 +12,7 @@
 //! | `proxy.network=NAME` | take the target address from this network (`<compose project>_NAME` is found too) |
 //! | `proxy.swarm_target=tasks\|vip` | swarm services only ([`crate::swarm`]); checked, otherwise ignored, on a container |
 //!
-//! Fields are proxy-core's ([`proxy_core::fields::FIELDS`]): the same names as the routes
+//! Fields are route-spec's ([`route_spec::fields::FIELDS`]): the same names as the routes
 //! file, checked by the same code.
 //!
 //! **Wildcard precedence.** A field set for one alias, by name or by `#N`, overrides the same
@@ -31,8 +31,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use proxy_core::fields::{self, Clipped, RouteDraft};
-use proxy_core::{RouteSpec, Target};
+use route_spec::fields::{self, Clipped, RouteDraft};
+use route_spec::{RouteSpec, Target};
 use tracing::debug;
 
 /// Every label this crate reads starts with this.
@@ -647,16 +647,16 @@ fn classify<'a>(rest: &'a str, listed: &[String]) -> Classified<'a> {
         return Classified::Error { alias, reason: "no field after the alias; expected proxy.<alias>.<field>".into() };
     }
     let head = field.split('.').next().unwrap_or(field);
-    // A proxy-core field is never ignored, even if GoDoxy also has it for HTTP routes.
+    // A route-spec field is never ignored, even if GoDoxy also has it for HTTP routes.
     if IGNORED_FIELDS.contains(&head) && !fields::is_field(head) {
         return Classified::Ignored;
     }
     Classified::Field { selector, field }
 }
 
-/// Why `field` cannot be set at all (unknown to proxy-core), before looking at its value.
+/// Why `field` cannot be set at all (unknown to route-spec), before looking at its value.
 ///
-/// Stream fields GoDoxy has are proxy-core fields (`relay_proxy_protocol_header` among
+/// Stream fields GoDoxy has are route-spec fields (`relay_proxy_protocol_header` among
 /// them), so nothing GoDoxy does for streams is silently dropped here.
 fn field_problem(field: &str) -> Option<String> {
     if fields::is_field(field) {
@@ -766,7 +766,7 @@ fn resolve_target(view: &ContainerView, self_networks: &[String]) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_core::{Family, Protocol, Target};
+    use route_spec::{Family, Protocol, Target};
     use std::net::SocketAddr;
 
     fn view(labels: &[(&str, &str)]) -> ContainerView {
@@ -1043,7 +1043,7 @@ mod tests {
     #[test]
     fn every_proxy_core_field_is_a_label_field() {
         for f in fields::FIELDS {
-            assert!(field_problem(f.name).is_none(), "{} is a proxy-core field but not a label field", f.name);
+            assert!(field_problem(f.name).is_none(), "{} is a route-spec field but not a label field", f.name);
         }
     }
 

@@ -13,6 +13,7 @@
 //!
 //! The crate opens no socket of its own besides the engine connection: the binary hands the
 //! routes to proxy-core's `RouteTable::apply`.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod engine;
@@ -58,15 +59,6 @@ pub fn split_label_arg(arg: &str) -> Option<(String, String)> {
         return None;
     }
     Some((k.to_string(), v.to_string()))
-}
-
-/// Fetches one container (by name or id) from the engine, for `dockward check --container`.
-pub async fn inspect_container(config: &DockerConfig, name: &str) -> Result<ContainerView, WatchError> {
-    let host = config.effective_host();
-    let docker = engine::connect(&host, config.request_timeout).await?;
-    engine::inspect_view(&docker, &host, name)
-        .await?
-        .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })
 }
 
 /// Checks one container's labels against its real networks, whatever its state.

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use proxy_core::fields;
+use route_spec::fields;
 
 use crate::labels::{ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject, parse_subject};
 
@@ -102,7 +102,7 @@ pub struct ServiceView {
 /// Turns one swarm service's labels into routes (and errors), pure and total.
 ///
 /// `self_networks` are the networks of dockward's own container when it runs in one.
-/// Every route's [`RouteSpec::source`](proxy_core::RouteSpec::source) is the service name.
+/// Every route's [`RouteSpec::source`](route_spec::RouteSpec::source) is the service name.
 pub fn parse_service_labels(view: &ServiceView, self_networks: &[String]) -> ContainerRoutes {
     let subject = Subject { kind: "service", id: &view.id, name: &view.name, labels: &view.labels };
     parse_subject(&subject, || service_targets(view, self_networks))
@@ -224,7 +224,7 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_core::{Protocol, Target};
+    use route_spec::{Protocol, Target};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

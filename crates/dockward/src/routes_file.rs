@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use proxy_core::RouteSpec;
-use proxy_core::fields::{self, RouteDraft};
+use route_spec::fields::{self, RouteDraft};
 use serde_norway::Value;
 
 use crate::providers::ProviderError;
@@ -100,7 +100,7 @@ pub fn parse(source: &str, text: &str) -> Loaded {
                 Some(hint) => format!(" (did you mean {hint:?}?)"),
                 None => format!(" (the only top-level key is {ROUTES_KEY:?})"),
             };
-            loaded.error(source, format!("unknown top-level key {}{hint}", proxy_core::fields::Clipped::quoted(&key)));
+            loaded.error(source, format!("unknown top-level key {}{hint}", route_spec::fields::Clipped::quoted(&key)));
         }
     }
     let entries = match routes {

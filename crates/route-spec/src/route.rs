@@ -1,163 +1,22 @@
 //! The route model: what a provider asks the core to forward.
 //!
 //! A [`RouteSpec`] is a plain value. Providers (the Docker watcher, the routes file, a
-//! program using this crate) build it; the [`RouteTable`](crate::RouteTable) consumes it
+//! program) build it; proxy-core's `RouteTable` consumes it
 //! and never learns where it came from beyond the display-only [`RouteSpec::source`].
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::{Balance, HealthCheck};
-use crate::error::RouteError;
+use crate::error::SpecError;
 use crate::hooks::Hooks;
+use crate::protocol::{Family, Protocol, Scheme};
 use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
-
-/// The transport a route forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// A stream: every accepted connection is dialled through to a target.
-    Tcp,
-    /// Datagrams: every client address gets a session with its own upstream socket.
-    Udp,
-}
-
-impl Protocol {
-    /// The lowercase name used in logs, labels and the admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which IP family a route's listener may use.
-///
-/// The `tcp4`/`tcp6`/`udp4`/`udp6` schemes force a family; plain `tcp`/`udp` take the
-/// bind address's family ([`Family::Any`]). With [`Family::V6`] an IPv6 listener is bound
-/// with `IPV6_V6ONLY`, so it never receives IPv4-mapped clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// The bind address decides.
-    #[default]
-    Any,
-    /// IPv4 only.
-    V4,
-    /// IPv6 only.
-    V6,
-}
-
-/// A scheme as written in labels and route files: `tcp`, `udp`, `tcp4`, `tcp6`, `udp4`, `udp6`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Scheme {
-    /// The transport.
-    pub protocol: Protocol,
-    /// The family constraint.
-    pub family: Family,
-}
-
-impl Scheme {
-    /// Every scheme name this crate accepts, for error messages and did-you-mean hints.
-    pub const NAMES: [&'static str; 6] = ["tcp", "udp", "tcp4", "tcp6", "udp4", "udp6"];
-}
-
-impl FromStr for Scheme {
-    type Err = RouteError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (protocol, family) = match s {
-            "tcp" => (Protocol::Tcp, Family::Any),
-            "tcp4" => (Protocol::Tcp, Family::V4),
-            "tcp6" => (Protocol::Tcp, Family::V6),
-            "udp" => (Protocol::Udp, Family::Any),
-            "udp4" => (Protocol::Udp, Family::V4),
-            "udp6" => (Protocol::Udp, Family::V6),
-            other => return Err(RouteError::UnknownScheme(other.to_string())),
-        };
-        Ok(Scheme { protocol, family })
-    }
-}
-
-impl fmt::Display for Scheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let suffix = match self.family {
-            Family::Any => "",
-            Family::V4 => "4",
-            Family::V6 => "6",
-        };
-        write!(f, "{}{}", self.protocol, suffix)
-    }
-}
-
-/// Where a route forwards to: a host name or IP literal, and a port.
-///
-/// Host names are resolved each time a connection or session is dialled, never once at
-/// creation, so a container that comes back with a new address is found.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Target {
-    /// A DNS name or an IP literal (IPv6 without brackets).
-    pub host: String,
-    /// The destination port (1..=65535).
-    pub port: u16,
-}
-
-impl Target {
-    /// A target from a host and port.
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Target { host: host.into(), port }
-    }
-
-    /// The socket address when the host is an IP literal, without any lookup.
-    pub fn ip_addr(&self) -> Option<SocketAddr> {
-        self.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl FromStr for Target {
-    type Err = RouteError;
-
-    /// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || RouteError::BadTarget(s.to_string());
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
-            (host, rest.strip_prefix(':').ok_or_else(bad)?)
-        } else {
-            s.rsplit_once(':').ok_or_else(bad)?
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(bad());
-        }
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if port == 0 {
-            return Err(bad());
-        }
-        Ok(Target::new(host, port))
-    }
-}
+use crate::target::Target;
 
 /// Tunables of one route, each with a documented default.
 ///
@@ -182,7 +41,7 @@ pub struct RouteOptions {
     /// closed. Default 0: closed at once.
     pub drain_grace: Duration,
     /// Clients admitted: when not empty, only addresses in these networks (after `deny`).
-    /// Default empty: everyone not denied. See [`Acl`](crate::Acl) for the rules.
+    /// Default empty: everyone not denied. See proxy-core's `Acl` for the rules.
     pub allow: Vec<IpNet>,
     /// Clients refused, whatever `allow` says. Default empty.
     pub deny: Vec<IpNet>,
@@ -345,7 +204,7 @@ impl Default for RouteOptions {
 /// listen address (and the source too when the listen port is 0). Two specs with the same id
 /// and different targets, options or hooks are the same route, updated in place; a
 /// different id is another route. Specs with the same id given to one
-/// [`RouteTable::apply`](crate::RouteTable::apply) (replicas of one service) are merged
+/// proxy-core's `RouteTable::apply` (replicas of one service) are merged
 /// into one route over all their targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteSpec {
@@ -431,8 +290,8 @@ impl RouteSpec {
     /// Checks what can be checked without touching the network.
     ///
     /// Errors name the route: `route "dns": scheme udp6 but bind address 0.0.0.0 is IPv4`.
-    pub fn validate(&self) -> Result<(), RouteError> {
-        let invalid = |reason: String| RouteError::Invalid { alias: self.alias.clone(), reason };
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |reason: String| SpecError::Invalid { alias: self.alias.clone(), reason };
         if self.alias.trim().is_empty() {
             return Err(invalid("the alias is empty".into()));
         }

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::acl;
 use crate::balance::{Balance, HealthCheck};
+use crate::nets as acl;
+use crate::protocol::{Family, Protocol, Scheme};
 use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
-use crate::route::{Family, Protocol, RouteOptions, RouteSpec, Scheme, Target};
+use crate::route::{RouteOptions, RouteSpec};
+use crate::target::Target;
 
 /// The documentation of one field.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +157,7 @@ impl fmt::Display for FieldError {
 /// error line into 100 KB of log. The error keeps the whole text; only its display is clipped.
 ///
 /// ```
-/// use proxy_core::fields::Clipped;
+/// use route_spec::fields::Clipped;
 /// assert_eq!(Clipped::quoted("22:22:22").to_string(), r#""22:22:22""#);
 /// let long = "x".repeat(500);
 /// assert_eq!(Clipped::quoted(&long).to_string(), format!("{:?}… (500 bytes)", "x".repeat(Clipped::MAX_CHARS)));
