@@ -16,6 +16,7 @@ pub mod commands;
 pub mod controller;
 pub mod logging;
 pub mod metrics;
+pub mod provider_error;
 pub mod providers;
 pub mod routes_file;
 pub mod routes_view;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use proxy_core::{Balance, HealthCheck, Protocol, RouteOptions, RouteSpec, RouteState, RouteTable, Target};
-use route_spec::fields::RouteDraft;
+use route_spec::RouteDraft;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;

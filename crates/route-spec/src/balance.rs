@@ -75,6 +75,12 @@ impl HealthCheck {
     }
 }
 
+impl fmt::Display for HealthCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for HealthCheck {
     type Err = String;
 

@@ -2,11 +2,13 @@
 
 use thiserror::Error;
 
+use crate::text::Escaped;
+
 /// A route value that cannot be right, whatever the network says.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SpecError {
     /// A spec that fails [`RouteSpec::validate`](crate::RouteSpec::validate).
-    #[error("route \"{alias}\": {reason}")]
+    #[error("route \"{}\": {reason}", Escaped(alias))]
     Invalid {
         /// The route's alias.
         alias: String,

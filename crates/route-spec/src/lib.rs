@@ -5,7 +5,7 @@
 //!   [`Balance`], [`HealthCheck`], the PROXY settings, [`Hooks`]): the contract between
 //!   the providers (docker-watcher, the routes file) and proxy-core's route table.
 //! - [`fields`]: every route field declared once ([`fields::FIELDS`]: name, help, value
-//!   kind, default), the [`fields::RouteDraft`] that labels and files fill, did-you-mean
+//!   kind, default), the [`RouteDraft`] that labels and files fill, did-you-mean
 //!   hints, and the clipping and escaping of user input in error text.
 //! - [`nets`]: lists of IP addresses and CIDR networks (`allow`, `deny`, `trusted`).
 //!
@@ -14,20 +14,25 @@
 #![warn(missing_docs)]
 
 mod balance;
+mod draft;
 mod error;
 pub mod fields;
 pub mod hooks;
 pub mod nets;
+mod options;
 mod protocol;
 pub mod proxy_protocol;
 mod route;
 mod target;
+mod text;
 
 pub use balance::{Balance, HealthCheck};
+pub use draft::RouteDraft;
 pub use error::SpecError;
 pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
 pub use ipnet::IpNet;
+pub use options::{OptionError, RouteOptions};
 pub use protocol::{Family, Protocol, Scheme};
 pub use proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
-pub use route::{OptionError, RouteId, RouteOptions, RouteSpec};
+pub use route::{RouteId, RouteSpec};
 pub use target::Target;

@@ -6,197 +6,15 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::balance::{Balance, HealthCheck};
 use crate::error::SpecError;
 use crate::hooks::Hooks;
+use crate::options::RouteOptions;
 use crate::protocol::{Family, Protocol, Scheme};
-use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 use crate::target::Target;
-
-/// Tunables of one route, each with a documented default.
-///
-/// The same names are used in Docker labels and in the routes file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RouteOptions {
-    /// How long dialling a target may take before the client is closed. Default 5 s.
-    pub connect_timeout: Duration,
-    /// A TCP connection with no byte in either direction for this long is closed.
-    /// Default `None`: never (SSH sessions and database pools sit idle for hours).
-    pub tcp_idle_timeout: Option<Duration>,
-    /// A UDP session with no datagram in either direction for this long ends. Default 5 min.
-    pub udp_idle_timeout: Duration,
-    /// Most TCP connections open at once; further clients are closed at once and counted.
-    /// Default 0: unlimited.
-    pub max_connections: u32,
-    /// Most UDP sessions at once; at the cap the least recently used session is evicted.
-    /// Default 16384.
-    pub max_udp_sessions: u32,
-    /// When the route is removed, open connections may finish for this long before they are
-    /// closed. Default 0: closed at once.
-    pub drain_grace: Duration,
-    /// Clients admitted: when not empty, only addresses in these networks (after `deny`).
-    /// Default empty: everyone not denied. See proxy-core's `Acl` for the rules.
-    pub allow: Vec<IpNet>,
-    /// Clients refused, whatever `allow` says. Default empty.
-    pub deny: Vec<IpNet>,
-    /// Send a PROXY protocol header of this version to the target (TCP: once after
-    /// connecting; UDP: v2 in front of every datagram). Default `None`: no header.
-    pub proxy_protocol: Option<ProxyVersion>,
-    /// Read a PROXY protocol header from clients in `trusted` (TCP only). Default `None`.
-    pub accept_proxy_protocol: Option<AcceptProxy>,
-    /// The proxies allowed to send a PROXY header; required with `accept_proxy_protocol`.
-    pub trusted: Vec<IpNet>,
-    /// How long a trusted peer has to send its whole PROXY header. Default 5 s.
-    pub proxy_protocol_timeout: Duration,
-    /// How new connections and sessions are spread over the targets. Default round robin.
-    pub balance: Balance,
-    /// Whether the targets are checked actively (TCP routes only). Default off: only
-    /// failed dials mark a target down.
-    pub health_check: HealthCheck,
-    /// Time between two active checks of a target. Default 10 s.
-    pub health_interval: Duration,
-    /// How long one active check may take to connect. Default 2 s.
-    pub health_timeout: Duration,
-}
-
-impl RouteOptions {
-    /// Default for [`RouteOptions::connect_timeout`].
-    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-    /// Default for [`RouteOptions::udp_idle_timeout`].
-    pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-    /// The longest duration any option accepts, so no deadline can overflow a clock.
-    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-    /// Default for [`RouteOptions::max_udp_sessions`].
-    pub const DEFAULT_MAX_UDP_SESSIONS: u32 = 16384;
-    /// Default for [`RouteOptions::proxy_protocol_timeout`].
-    pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = crate::proxy_protocol::DEFAULT_TIMEOUT;
-    /// Default for [`RouteOptions::health_interval`].
-    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-    /// Default for [`RouteOptions::health_timeout`].
-    pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-    /// Checks the options of a route of `protocol`, naming the field at fault.
-    ///
-    /// [`RouteSpec::validate`] reports the same problems, prefixed with the route's name.
-    pub fn check(&self, protocol: Protocol) -> Result<(), OptionError> {
-        let fail = |field: &'static str, reason: &str| Err(OptionError { field, reason: reason.to_string() });
-        if self.connect_timeout.is_zero() {
-            return fail("connect_timeout", "connect_timeout must be more than 0");
-        }
-        if self.udp_idle_timeout.is_zero() {
-            return fail("udp_idle_timeout", "udp_idle_timeout must be more than 0");
-        }
-        if self.tcp_idle_timeout.is_some_and(|d| d.is_zero()) {
-            return fail("tcp_idle_timeout", "tcp_idle_timeout must be more than 0 (leave it out to disable it)");
-        }
-        if self.proxy_protocol_timeout.is_zero() {
-            return fail("proxy_protocol_timeout", "proxy_protocol_timeout must be more than 0");
-        }
-        if self.health_interval.is_zero() {
-            return fail("health_interval", "health_interval must be more than 0");
-        }
-        if self.health_timeout.is_zero() {
-            return fail("health_timeout", "health_timeout must be more than 0");
-        }
-        let durations = [
-            ("connect_timeout", Some(self.connect_timeout)),
-            ("tcp_idle_timeout", self.tcp_idle_timeout),
-            ("udp_idle_timeout", Some(self.udp_idle_timeout)),
-            ("drain_grace", Some(self.drain_grace)),
-            ("proxy_protocol_timeout", Some(self.proxy_protocol_timeout)),
-            ("health_interval", Some(self.health_interval)),
-            ("health_timeout", Some(self.health_timeout)),
-        ];
-        for (name, d) in durations {
-            if d.is_some_and(|d| d > RouteOptions::MAX_DURATION) {
-                return Err(OptionError { field: name, reason: format!("{name} must be at most 365 days") });
-            }
-        }
-        if self.max_udp_sessions == 0 {
-            return fail("max_udp_sessions", "max_udp_sessions must be at least 1");
-        }
-        if protocol == Protocol::Udp && self.proxy_protocol == Some(ProxyVersion::V1) {
-            return fail(
-                "proxy_protocol",
-                "proxy_protocol v1 is a text header for TCP streams; UDP routes send v2 (in front of every datagram)",
-            );
-        }
-        if protocol == Protocol::Udp && self.health_check == HealthCheck::Tcp {
-            return fail(
-                "health_check",
-                "health_check tcp is for TCP routes: a UDP service need not answer an arbitrary datagram, so \
-                 there is no generic UDP check (UDP targets are still marked down by ICMP port-unreachable \
-                 reports); remove health_check, or use scheme tcp+udp, whose TCP route is checked",
-            );
-        }
-        match (self.accept_proxy_protocol, self.trusted.is_empty()) {
-            (Some(_), _) if protocol == Protocol::Udp => {
-                return fail(
-                    "accept_proxy_protocol",
-                    "accept_proxy_protocol is for TCP routes only: a UDP route cannot tell a header from a datagram's data",
-                );
-            }
-            (Some(_), true) => {
-                // Blamed on the field that was set: `trusted` was not.
-                return fail(
-                    "accept_proxy_protocol",
-                    "accept_proxy_protocol needs trusted: the addresses or networks (CIDR) of the proxies allowed to send a PROXY header",
-                );
-            }
-            (None, false) => {
-                return fail("trusted", "trusted is only used with accept_proxy_protocol; set that or remove trusted");
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// An option that is wrong; see [`RouteOptions::check`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OptionError {
-    /// The field at fault, as labels and the routes file name it.
-    pub field: &'static str,
-    /// What is wrong, in words (it names the field too).
-    pub reason: String,
-}
-
-impl fmt::Display for OptionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for OptionError {}
-
-impl Default for RouteOptions {
-    fn default() -> Self {
-        RouteOptions {
-            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
-            tcp_idle_timeout: None,
-            udp_idle_timeout: Self::DEFAULT_UDP_IDLE_TIMEOUT,
-            max_connections: 0,
-            max_udp_sessions: Self::DEFAULT_MAX_UDP_SESSIONS,
-            drain_grace: Duration::ZERO,
-            allow: Vec::new(),
-            deny: Vec::new(),
-            proxy_protocol: None,
-            accept_proxy_protocol: None,
-            trusted: Vec::new(),
-            proxy_protocol_timeout: Self::DEFAULT_PROXY_PROTOCOL_TIMEOUT,
-            balance: Balance::default(),
-            health_check: HealthCheck::default(),
-            health_interval: Self::DEFAULT_HEALTH_INTERVAL,
-            health_timeout: Self::DEFAULT_HEALTH_TIMEOUT,
-        }
-    }
-}
+use crate::text::{Escaped, check_printable};
 
 /// One route as a provider wants it.
 ///
@@ -295,6 +113,9 @@ impl RouteSpec {
         if self.alias.trim().is_empty() {
             return Err(invalid("the alias is empty".into()));
         }
+        if let Err(reason) = check_printable(&self.alias) {
+            return Err(invalid(format!("the alias {reason}")));
+        }
         let ip = self.listen.ip();
         match (self.family, ip) {
             (Family::V4, IpAddr::V6(_)) => {
@@ -314,6 +135,9 @@ impl RouteSpec {
             }
             if t.host.trim().is_empty() {
                 return Err(invalid(format!("target {t} has an empty host")));
+            }
+            if let Err(reason) = check_printable(&t.host) {
+                return Err(invalid(format!("target host {:?} {reason}", t.host)));
             }
         }
         self.options.check(self.protocol).map_err(|e| invalid(e.reason))?;
@@ -345,7 +169,7 @@ pub struct RouteId {
 
 impl fmt::Display for RouteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "route \"{}\" ({} {}", self.alias, self.protocol, self.listen)?;
+        write!(f, "route \"{}\" ({} {}", Escaped(&self.alias), self.protocol, self.listen)?;
         if !self.source.is_empty() {
             write!(f, " from {}", self.source)?;
         }
@@ -356,6 +180,7 @@ impl fmt::Display for RouteId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy_protocol::Accept as AcceptProxy;
 
     #[test]
     fn scheme_names_round_trip() {
