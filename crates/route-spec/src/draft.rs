@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::balance::HealthCheck;
 use crate::fields::kind::{self, Kind};
-use crate::fields::{self, FieldError, PortSpec, SchemeSpec, did_you_mean};
+use crate::fields::{self, FieldError, PortSpec, SchemeSpec, check_printable, did_you_mean};
 use crate::options::RouteOptions;
 use crate::protocol::{Family, Protocol, Scheme};
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -78,6 +78,7 @@ impl RouteDraft {
     /// same port, a port range one spec per port, all with the same alias. Every host of a
     /// `host` list is a target of each.
     pub fn build(&self, source: &str, default_host: &str) -> Result<Vec<RouteSpec>, FieldError> {
+        check_printable(&self.alias).map_err(|reason| FieldError::new("alias", &self.alias, reason))?;
         let port = self.port.ok_or_else(|| FieldError::new("port", "", "missing; every route needs a port"))?;
         let scheme = self.scheme.unwrap_or(SchemeSpec::One(Scheme { protocol: Protocol::Tcp, family: Family::Any }));
         if matches!(scheme, SchemeSpec::TcpAndUdp(_)) && port.listen == 0 {
@@ -358,6 +359,19 @@ mod tests {
         }
         // An empty deny list refuses no one, which is what it says: not an error.
         assert!(draft(&[("port", "1:2"), ("deny", "")]).unwrap().options.deny.is_empty());
+    }
+
+    #[test]
+    fn an_alias_with_a_control_character_is_refused_by_name() {
+        let mut d = RouteDraft::new("esc\u{1b}[31mRED");
+        d.set("port", "22").unwrap();
+        let e = d.build("f.yml", "db").unwrap_err();
+        assert_eq!(e.field, "alias");
+        assert_eq!(
+            e.to_string(),
+            "alias \"esc\\u{1b}[31mRED\": contains the control or bidirectional character '\\u{1b}' at byte 3; \
+             only printable text is allowed"
+        );
     }
 
     #[test]
