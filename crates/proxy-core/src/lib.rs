@@ -42,4 +42,5 @@ pub use ipnet::IpNet;
 pub use proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use route::{Family, OptionError, Protocol, RouteId, RouteOptions, RouteSpec, Scheme, Target};
 pub use stats::{RouteState, RouteStats, RouteStatus, StatsSnapshot, TargetStatus};
+pub use table::plan::clash::{Clash, clashes};
 pub use table::{ApplyReport, RouteTable};

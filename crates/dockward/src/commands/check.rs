@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use docker_watcher::swarm::SWARM_SERVICE_ID_LABEL;
 use docker_watcher::{ContainerRoutes, DockerConfig};
-use proxy_core::{Family, RouteOptions, RouteSpec};
+use proxy_core::{RouteOptions, RouteSpec};
 use serde_json::Value;
 
 use crate::cli::CheckArgs;
@@ -124,19 +124,17 @@ impl Report {
         }
     }
 
-    /// Adds an error for every pair of routes that would claim the same listen address.
+    /// Adds an error for every pair of routes that would claim the same listen address, by
+    /// the route table's own rule ([`proxy_core::clashes`]): the same alias, protocol and
+    /// listen address from two places is one route with both targets (replicas,
+    /// load-balanced), as `run` applies it.
     pub fn add_conflicts(&mut self) {
-        for (i, a) in self.routes.iter().enumerate() {
-            for b in &self.routes[..i] {
-                // The same alias, protocol and listen address from two places is one route
-                // with both targets (replicas, load-balanced), as `run` applies it.
-                if a.protocol == b.protocol && a.id() != b.id() && overlaps(a, b) {
-                    self.errors.push(format!(
-                        "{}: route {:?}: listens on {} {}, as route {:?} of {} does",
-                        a.source, a.alias, a.protocol, a.listen, b.alias, b.source
-                    ));
-                }
-            }
+        for clash in proxy_core::clashes(&self.routes) {
+            let (a, b) = (&self.routes[clash.route], &self.routes[clash.with]);
+            self.errors.push(format!(
+                "{}: route {:?}: listens on {} {}, as route {:?} of {} does",
+                a.source, a.alias, a.protocol, a.listen, b.alias, b.source
+            ));
         }
     }
 }
@@ -192,20 +190,6 @@ pub fn check(args: &CheckArgs) -> ExitCode {
 /// `1 route`, `2 routes`.
 fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
-/// Whether two routes of one protocol would claim the same port, as the route table judges.
-fn overlaps(a: &RouteSpec, b: &RouteSpec) -> bool {
-    let (x, y) = (a.listen, b.listen);
-    if x.port() == 0 || x.port() != y.port() {
-        return false;
-    }
-    match (x.ip().is_ipv6(), y.ip().is_ipv6()) {
-        (false, false) | (true, true) => x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified(),
-        // A dual-stack [::] listener takes the IPv4 port too.
-        (true, false) => x.ip().is_unspecified() && a.family != Family::V6,
-        (false, true) => y.ip().is_unspecified() && b.family != Family::V6,
-    }
 }
 
 /// The table of valid routes: ALIAS, PROTO, LISTEN, TARGETS, SOURCE, OPTIONS (non-defaults).
