@@ -253,6 +253,10 @@ fn show(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use proxy_core::{Protocol, Target};
+
     use super::*;
 
     fn report(text: &str) -> Report {
@@ -279,6 +283,30 @@ mod tests {
         ] {
             assert_eq!(report(text).errors, Vec::<String>::new(), "{text}");
         }
+    }
+
+    #[test]
+    fn twenty_thousand_routes_are_checked_for_clashes_in_one_pass() {
+        // 10,000 ports on 127.0.0.1 and 127.0.0.2 each (no clash), then one wildcard that
+        // clashes with both routes on its port.
+        let route = |alias: String, listen: SocketAddr| {
+            RouteSpec::new(alias, Protocol::Tcp, listen, vec![Target::new("127.0.0.1", 80)]).with_source("r.yml")
+        };
+        let mut routes: Vec<RouteSpec> = (10_000..20_000u16)
+            .flat_map(|port| {
+                [[127, 0, 0, 1], [127, 0, 0, 2]].map(|ip| route(format!("r{port}-{}", ip[3]), (ip, port).into()))
+            })
+            .collect();
+        routes.push(route("any".into(), ([0, 0, 0, 0], 15_000).into()));
+        let mut r = Report { routes, ..Default::default() };
+        r.add_conflicts();
+        assert_eq!(
+            r.errors,
+            [
+                r#"r.yml: route "any": listens on tcp 0.0.0.0:15000, as route "r15000-1" of r.yml does"#,
+                r#"r.yml: route "any": listens on tcp 0.0.0.0:15000, as route "r15000-2" of r.yml does"#,
+            ]
+        );
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
