@@ -1,9 +1,12 @@
 //! Resolving targets at dial time and connecting to the one the route's strategy picks,
 //! moving on to the next when it does not answer.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use socket2::{Domain, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::{TcpStream, lookup_host};
 use tokio::time::Instant;
 
@@ -42,7 +45,7 @@ pub(crate) async fn tcp_target(target: &Target, timeout: Duration) -> Result<(Tc
     };
     let mut last = None;
     for addr in addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(timeout, connect(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(source)) => last = Some(DialError::Connect { target: target.clone(), addr, source }),
             Err(_) => last = Some(DialError::Timeout { target: target.clone(), timeout }),
@@ -51,9 +54,45 @@ pub(crate) async fn tcp_target(target: &Target, timeout: Duration) -> Result<(Tc
     Err(last.unwrap_or_else(|| DialError::NoAddress { target: target.clone() }))
 }
 
+/// Connects to `addr`, with `TCP_NODELAY` set before the handshake.
+///
+/// The outcome is read from the readiness the kernel reports, not asked for with
+/// `getsockopt(SO_ERROR)`: a failed connect reports an error or hang-up (then, and only
+/// then, the error is fetched), a successful one only writable. One system call less per
+/// connection than `TcpStream::connect`, and one less again for setting `TCP_NODELAY` later.
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    // Small writes (a request, a reply) leave at once, as the client's did.
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| io::ErrorKind::ConnectionRefused.into()));
+    }
+    Ok(stream)
+}
+
+/// Whether a dial failed on this host rather than at the target: out of descriptors, socket
+/// buffers, memory or local ports. Such a failure says nothing about the target, so it
+/// never marks one down (and trying the next target would fail the same way).
+pub(crate) fn is_local(e: &DialError) -> bool {
+    let DialError::Connect { source, .. } = e else { return false };
+    matches!(
+        source.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Connects a client from `client` to a target of `set`: the strategy's pick first, then
 /// the next healthy ones, then (everything having failed) those marked down. Each failure
 /// marks its target down; a success marks it up. The error is the last failure seen.
+///
+/// A local failure ([`is_local`]) marks nothing down and ends the dial at once.
 ///
 /// The [`Lease`] counts the connection on its target for as long as it is held.
 pub(crate) async fn tcp(
@@ -81,6 +120,7 @@ pub(crate) async fn tcp(
                 set.succeeded(member);
                 return Ok((stream, addr, Lease::new(member.clone())));
             }
+            Err(e) if is_local(&e) => return Err(e),
             Err(e) => {
                 set.failed(member, &e.to_string(), claim.is_some());
                 last = Some(e);
@@ -94,6 +134,7 @@ pub(crate) async fn tcp(
                 set.succeeded(member);
                 return Ok((stream, addr, Lease::new(member.clone())));
             }
+            Err(e) if is_local(&e) => return Err(e),
             Err(e) => {
                 set.failed(member, &e.to_string(), false);
                 last = Some(e);
