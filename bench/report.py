@@ -475,7 +475,8 @@ def table(path):
         w("")
         names = sorted({n for r in st.values() for n in r.get("calls", {})},
                        key=lambda n: -max(r.get("calls", {}).get(n, 0) / max(r.get("conns", 1), 1) for r in st.values()))
-        w("| system call | " + " | ".join(st) + " |")
+        display = {"direct": "direct", "dockward": "dockward", "haproxy": "HAProxy", "nginx": "nginx", "socat": "socat"}
+        w("| system call | " + " | ".join(display.get(t, t) for t in st) + " |")
         w("| --- | " + " | ".join("---:" for _ in st) + " |")
         for n in names:
             cells = []

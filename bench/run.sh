@@ -507,7 +507,7 @@ syscalls_by_name() {
     strace -c -f -p "$pids" -o "$T/strace.out" >/dev/null 2>&1 &
     strace_pid=$!
     sleep 0.5
-    line=$(lg 60 churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs 1) || line=""
+    line=$(lg 60 churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs "$CHURN_SECS") || line=""
     kill -INT "$strace_pid" 2>/dev/null || true
     wait "$strace_pid" 2>/dev/null || true
     if [ -n "$line" ] && summary=$(python3 "$BENCH/report.py" strace "$T/strace.out"); then
