@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod providers;
 pub mod routes_file;
 pub mod routes_view;
+pub mod table;

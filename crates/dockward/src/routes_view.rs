@@ -1,7 +1,6 @@
 //! What `dockward routes` and `GET /routes` show: one [`RouteRow`] per route or provider
 //! error, as JSON or as a table.
 
-use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use proxy_core::{Protocol, RouteState, RouteStatus};
@@ -195,26 +194,7 @@ pub fn render_table(rows: &[RouteRow]) -> String {
             ]
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for line in &lines {
-        for (w, cell) in widths.iter_mut().zip(line) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    for line in std::iter::once(&header).chain(&lines) {
-        let mut text = String::new();
-        for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            let _ = write!(text, "{cell:<w$}");
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::render(&header, &lines)
 }
 
 /// The targets, each marked `(down)` while it is marked unhealthy.
@@ -257,6 +237,7 @@ mod tests {
     use proxy_core::{RouteId, RouteSpec, StatsSnapshot, Target, TargetStatus};
 
     use super::*;
+    use crate::table::MAX_CELL_WIDTH;
 
     fn status(alias: &str, state: RouteState) -> RouteStatus {
         let spec =
@@ -359,6 +340,29 @@ web    -      -                -             r.yml   error: port "x": bad       
         let r = rows(&[status("ssh", RouteState::Listening)], &[ProviderError::whole("r.yml", "bad")], now);
         assert_eq!(r[0].alias, None);
         assert_eq!(r[1].alias.as_deref(), Some("ssh"));
+    }
+
+    #[test]
+    fn cells_longer_than_a_format_width_from_the_admin_json_are_clipped_not_a_panic() {
+        // What `dockward routes` does with an answer: parse the JSON, render the table. A
+        // 100,000-character label value makes an error text that long; a 70,000-character
+        // host, a target that long.
+        let long_error = format!("label proxy.a.port={:?}: bad", "9".repeat(100_000));
+        let mut long_host = status("b", RouteState::Listening);
+        long_host.spec.targets = vec![Target::new("h".repeat(70_000), 22)];
+        let json = serde_json::to_value(rows(
+            &[long_host],
+            &[ProviderError::route("web", "a", long_error)],
+            SystemTime::UNIX_EPOCH,
+        ))
+        .unwrap();
+        let rows: Vec<RouteRow> = serde_json::from_value(json).unwrap();
+        let table = render_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{:.300}", table);
+        assert!(lines[1].starts_with("b  ") && lines[1].contains("…[clipped: 70003 chars]"), "{:.2000}", lines[1]);
+        assert!(lines[2].starts_with("a  ") && lines[2].contains("…[clipped: 100033 chars]"), "{:.2000}", lines[2]);
+        assert!(table.len() < 4 * MAX_CELL_WIDTH * 3, "{}", table.len());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::cli::CheckArgs;
 use crate::routes_file;
+use crate::table::{self, escape};
 
 /// How long `--container` waits for the engine.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -175,17 +176,19 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     if !report.routes.is_empty() {
         print!("{}", render(&report.routes));
     }
+    // Notes, errors and input names quote labels, hosts and file contents: escaped, so that
+    // none of them can forge a line or drive the terminal.
     for note in &report.notes {
-        println!("note: {note}");
+        println!("note: {}", escape(note));
     }
     if report.errors.is_empty() {
-        println!("ok: {} in {}", plural(report.routes.len(), "route"), report.inputs());
+        println!("ok: {} in {}", plural(report.routes.len(), "route"), escape(&report.inputs()));
         return ExitCode::SUCCESS;
     }
     for e in &report.errors {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", escape(e));
     }
-    eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), report.inputs());
+    eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), escape(&report.inputs()));
     ExitCode::FAILURE
 }
 
@@ -210,33 +213,22 @@ fn overlaps(a: &RouteSpec, b: &RouteSpec) -> bool {
 
 /// The table of valid routes: ALIAS, PROTO, LISTEN, TARGETS, SOURCE, OPTIONS (non-defaults).
 fn render(routes: &[RouteSpec]) -> String {
-    let header = ["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "OPTIONS"].map(String::from).to_vec();
-    let mut lines = vec![header];
-    for r in routes {
-        let targets: Vec<String> = r.targets.iter().map(|t| t.to_string()).collect();
-        let options = options_text(&r.options);
-        lines.push(vec![
-            r.alias.clone(),
-            r.scheme().to_string(),
-            r.listen.to_string(),
-            targets.join(","),
-            r.source.clone(),
-            if options.is_empty() { "-".into() } else { options },
-        ]);
-    }
-    let mut widths = vec![0; lines[0].len()];
-    for line in &lines {
-        for (w, cell) in widths.iter_mut().zip(line) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in &lines {
-        let cells: Vec<String> = line.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            let targets: Vec<String> = r.targets.iter().map(|t| t.to_string()).collect();
+            let options = options_text(&r.options);
+            vec![
+                r.alias.clone(),
+                r.scheme().to_string(),
+                r.listen.to_string(),
+                targets.join(","),
+                r.source.clone(),
+                if options.is_empty() { "-".into() } else { options },
+            ]
+        })
+        .collect();
+    table::render(&["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "OPTIONS"], &rows)
 }
 
 /// `connect_timeout=2s drain_grace=5s`: the options that differ from their defaults, by
