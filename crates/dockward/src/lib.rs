@@ -14,6 +14,7 @@ pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod controller;
+pub mod counters;
 pub mod logging;
 pub mod metrics;
 pub mod providers;

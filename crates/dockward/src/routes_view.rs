@@ -6,13 +6,14 @@ use std::time::SystemTime;
 use proxy_core::{Protocol, RouteState, RouteStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::counters::{COUNTERS, Counts};
 use crate::providers::ProviderError;
 
 /// One line of `dockward routes`: a route in the table, or an input that did not become one.
 ///
 /// This is the JSON contract of `GET /routes` and `dockward routes --json`; fields are only
 /// ever added.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRow {
     /// The route's alias; `null` for an error about a whole input (a file that is not YAML).
     pub alias: Option<String>,
@@ -37,28 +38,9 @@ pub struct RouteRow {
     pub connections_active: u64,
     /// TCP connections or UDP sessions opened since the route started.
     pub connections_total: u64,
-    /// Bytes from clients to targets.
-    pub bytes_in: u64,
-    /// Bytes from targets to clients.
-    pub bytes_out: u64,
-    /// Datagrams from clients to targets (UDP).
-    pub datagrams_in: u64,
-    /// Datagrams from targets to clients (UDP).
-    pub datagrams_out: u64,
-    /// Dials that reached no target.
-    pub dial_errors: u64,
-    /// Clients turned away by `max_connections` or a hook.
-    pub rejected: u64,
-    /// UDP sessions evicted at `max_udp_sessions`.
-    pub evicted: u64,
-    /// UDP datagrams dropped.
-    pub dropped: u64,
-    /// Clients refused by the route's or the global ACL (`allow`/`deny`, `--allow`/`--deny`).
-    #[serde(default)]
-    pub denied: u64,
-    /// TCP connections closed for a missing, invalid, late or untrusted PROXY header.
-    #[serde(default)]
-    pub proxy_header_errors: u64,
+    /// Every other counter of [`COUNTERS`], one key each (`bytes_in`, `denied`, ...).
+    #[serde(flatten)]
+    pub counters: Counts,
     /// The latest error seen on the data path (a failed dial), even while listening.
     pub last_error: Option<String>,
     /// When the route entered the table (RFC 3339, UTC); `null` for a provider error.
@@ -112,16 +94,7 @@ impl RouteRow {
             error: status.state.message(),
             connections_active: s.active,
             connections_total: s.total,
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            datagrams_in: s.datagrams_in,
-            datagrams_out: s.datagrams_out,
-            dial_errors: s.dial_errors,
-            rejected: s.rejected,
-            evicted: s.evicted,
-            dropped: s.dropped,
-            denied: s.denied,
-            proxy_header_errors: s.proxy_header_errors,
+            counters: Counts::from_snapshot(s),
             last_error: s.last_error.clone(),
             since: Some(humantime::format_rfc3339_seconds(status.since).to_string()),
             age_seconds: Some(now.duration_since(status.since).unwrap_or_default().as_secs()),
@@ -132,29 +105,10 @@ impl RouteRow {
     pub fn from_error(error: &ProviderError) -> Self {
         RouteRow {
             alias: error.alias.clone(),
-            protocol: None,
-            scheme: None,
-            listen: None,
-            targets: Vec::new(),
-            target_health: Vec::new(),
             source: error.source.clone(),
             state: RouteState::Error { message: String::new() }.name().to_string(),
             error: Some(error.message.clone()),
-            connections_active: 0,
-            connections_total: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            datagrams_in: 0,
-            datagrams_out: 0,
-            dial_errors: 0,
-            rejected: 0,
-            evicted: 0,
-            dropped: 0,
-            denied: 0,
-            proxy_header_errors: 0,
-            last_error: None,
-            since: None,
-            age_seconds: None,
+            ..Default::default()
         }
     }
 }
@@ -170,7 +124,11 @@ pub fn rows(statuses: &[RouteStatus], errors: &[ProviderError], now: SystemTime)
 
 /// Renders rows as the `dockward routes` table, header included, one line per row.
 pub fn render_table(rows: &[RouteRow]) -> String {
-    let header = ["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "STATE", "CONNS", "IN", "OUT", "AGE"];
+    // The counters with a column (IN, OUT) come from the counter list, between CONNS and AGE.
+    let columns = || COUNTERS.iter().filter_map(|c| c.column);
+    let mut header = vec!["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "STATE", "CONNS"];
+    header.extend(columns().map(|(name, _)| name));
+    header.push("AGE");
     let dash = || "-".to_string();
     let lines: Vec<Vec<String>> = rows
         .iter()
@@ -180,7 +138,7 @@ pub fn render_table(rows: &[RouteRow]) -> String {
                 None => r.state.clone(),
             };
             let is_route = r.protocol.is_some();
-            vec![
+            let mut line = vec![
                 r.alias.clone().unwrap_or_else(dash),
                 r.scheme.clone().unwrap_or_else(dash),
                 r.listen.clone().unwrap_or_else(dash),
@@ -188,10 +146,14 @@ pub fn render_table(rows: &[RouteRow]) -> String {
                 r.source.clone(),
                 state,
                 if is_route { format!("{}/{}", r.connections_active, r.connections_total) } else { dash() },
-                if is_route { human_bytes(r.bytes_in) } else { dash() },
-                if is_route { human_bytes(r.bytes_out) } else { dash() },
-                r.age_seconds.map(human_age).unwrap_or_else(dash),
-            ]
+            ];
+            line.extend(
+                r.counters
+                    .iter()
+                    .filter_map(|(c, n)| c.column.map(|(_, show)| if is_route { show(n) } else { dash() })),
+            );
+            line.push(r.age_seconds.map(human_age).unwrap_or_else(dash));
+            line
         })
         .collect();
     crate::table::render(&header, &lines)
@@ -280,6 +242,41 @@ mod tests {
         assert_eq!(json["age_seconds"], 125);
         let back: RouteRow = serde_json::from_value(json).unwrap();
         assert_eq!(back, row);
+    }
+
+    #[test]
+    fn the_json_is_exactly_the_documented_one() {
+        // Byte for byte, key order included, as `GET /routes` sends it; taken before the
+        // counters were declared in one list.
+        let mut listening = status("ssh", RouteState::Listening);
+        listening.stats = StatsSnapshot {
+            active: 1,
+            total: 2,
+            bytes_in: 3,
+            bytes_out: 4,
+            datagrams_in: 5,
+            datagrams_out: 6,
+            dial_errors: 7,
+            rejected: 8,
+            evicted: 9,
+            dropped: 10,
+            denied: 11,
+            proxy_header_errors: 12,
+            last_error: Some("refused".into()),
+        };
+        listening.targets = vec![TargetStatus {
+            target: Target::new("127.0.0.1", 22),
+            healthy: true,
+            active: 1,
+            total: 2,
+            failures: 0,
+            last_error: None,
+        }];
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(125);
+        let r = rows(&[listening], &[ProviderError::route("r.yml", "web", "port \"x\": bad")], now);
+        let mut json = serde_json::to_string_pretty(&r).unwrap();
+        json.push('\n');
+        assert_eq!(json, include_str!("../testdata/routes.json"));
     }
 
     #[test]
