@@ -10,13 +10,15 @@
 //! (`--container NAME`, checked against their real networks). Labels go through the very
 //! function the Docker provider uses, so what passes here is what `run` serves.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use docker_watcher::swarm::SWARM_SERVICE_ID_LABEL;
 use docker_watcher::{ContainerRoutes, DockerConfig};
-use proxy_core::{Family, RouteOptions, RouteSpec};
+use proxy_core::{Family, Protocol, RouteOptions, RouteSpec};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::CheckArgs;
@@ -173,6 +175,9 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     }
     report.add_conflicts();
 
+    if args.json {
+        return print_json(&report);
+    }
     if !report.routes.is_empty() {
         print!("{}", render(&report.routes));
     }
@@ -190,6 +195,89 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     }
     eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), escape(&report.inputs()));
     ExitCode::FAILURE
+}
+
+/// The JSON form of a check (`dockward check --json`): its shape is documented in the README
+/// and only ever gains fields.
+#[derive(Debug, Serialize)]
+pub struct CheckJson<'a> {
+    /// True when there is no error (exit status 0).
+    pub ok: bool,
+    /// The routes the inputs define, as the table lists them.
+    pub routes: Vec<RouteJson<'a>>,
+    /// Every error, as `check` prints it after `error: `.
+    pub errors: &'a [String],
+    /// What is worth knowing but not wrong, as `check` prints it after `note: `.
+    pub notes: &'a [String],
+    /// What was read.
+    pub inputs: InputsJson<'a>,
+}
+
+/// One route of [`CheckJson`].
+#[derive(Debug, Serialize)]
+pub struct RouteJson<'a> {
+    /// The alias.
+    pub alias: &'a str,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// The scheme: `tcp`, `udp4`, ...
+    pub scheme: String,
+    /// The listen address asked for (port 0: the OS picks one).
+    pub listen: String,
+    /// The targets, as `host:port`.
+    pub targets: Vec<String>,
+    /// The file path or container name it comes from.
+    pub source: &'a str,
+    /// The options that differ from their defaults, by name, as a user would write them.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The inputs of [`CheckJson`].
+#[derive(Debug, Serialize)]
+pub struct InputsJson<'a> {
+    /// How many routes files were read.
+    pub files: usize,
+    /// How many labels were given with `--labels`.
+    pub labels: usize,
+    /// The containers asked for with `--container`.
+    pub containers: &'a [String],
+}
+
+impl Report {
+    /// The report as data, for `--json`.
+    pub fn to_json(&self) -> CheckJson<'_> {
+        CheckJson {
+            ok: self.errors.is_empty(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteJson {
+                    alias: &r.alias,
+                    protocol: r.protocol,
+                    scheme: r.scheme().to_string(),
+                    listen: r.listen.to_string(),
+                    targets: r.targets.iter().map(|t| t.to_string()).collect(),
+                    source: &r.source,
+                    options: options(&r.options).into_iter().collect(),
+                })
+                .collect(),
+            errors: &self.errors,
+            notes: &self.notes,
+            inputs: InputsJson { files: self.files, labels: self.labels, containers: &self.containers },
+        }
+    }
+}
+
+/// Prints the report as JSON on stdout; exit 1 on any error.
+fn print_json(report: &Report) -> ExitCode {
+    match serde_json::to_string_pretty(&report.to_json()) {
+        Ok(text) => println!("{text}"),
+        Err(e) => {
+            eprintln!("error: encoding the report: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// `1 route`, `2 routes`.
@@ -234,14 +322,19 @@ fn render(routes: &[RouteSpec]) -> String {
 /// `connect_timeout=2s drain_grace=5s`: the options that differ from their defaults, by
 /// name, read through the options' serde form so that every option the core gains shows.
 fn options_text(options: &RouteOptions) -> String {
+    let parts: Vec<String> = self::options(options).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.join(" ")
+}
+
+/// The options that differ from their defaults, as `(name, value)` in name order, read
+/// through the options' serde form so that every option the core gains shows.
+fn options(options: &RouteOptions) -> Vec<(String, String)> {
     let (Ok(Value::Object(set)), Ok(Value::Object(default))) =
         (serde_json::to_value(options), serde_json::to_value(RouteOptions::default()))
     else {
-        return String::new();
+        return Vec::new();
     };
-    let parts: Vec<String> =
-        set.iter().filter(|(k, v)| default.get(*k) != Some(*v)).map(|(k, v)| format!("{k}={}", show(v))).collect();
-    parts.join(" ")
+    set.iter().filter(|(k, v)| default.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), show(v))).collect()
 }
 
 /// An option's value as a user would write it: `5s` for durations, `off` for none.
