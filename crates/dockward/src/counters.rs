@@ -236,7 +236,8 @@ mod tests {
         let counts = Counts::from_snapshot(&StatsSnapshot { denied: 4, ..Default::default() });
         let text = serde_json::to_string(&counts).unwrap();
         assert!(text.starts_with(r#"{"bytes_in":0,"bytes_out":0,"#), "{text}");
-        assert!(text.ends_with(r#""denied":4,"proxy_header_errors":0}"#), "{text}");
+        assert!(text.contains(r#","denied":4,"#), "{text}");
+        assert_eq!(text.matches(':').count(), COUNTERS.len(), "{text}");
         let back: Counts = serde_json::from_str(r#"{"denied": 4, "from_the_future": [1]}"#).unwrap();
         assert_eq!(back, counts);
         assert_eq!(back.get("denied"), Some(4));

@@ -245,6 +245,9 @@ mod tests {
     }
 
     #[test]
+    // `..Default::default()` is needless until a counter is added: then the golden file gains
+    // it (as 0) and nothing else changes here.
+    #[allow(clippy::needless_update)]
     fn the_json_is_exactly_the_documented_one() {
         // Byte for byte, key order included, as `GET /routes` sends it; taken before the
         // counters were declared in one list.
@@ -263,6 +266,7 @@ mod tests {
             denied: 11,
             proxy_header_errors: 12,
             last_error: Some("refused".into()),
+            ..Default::default()
         };
         listening.targets = vec![TargetStatus {
             target: Target::new("127.0.0.1", 22),
