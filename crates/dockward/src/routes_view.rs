@@ -367,6 +367,25 @@ web    -      -                -             r.yml   error: port "x": bad       
     }
 
     #[test]
+    fn aliases_and_errors_from_the_admin_json_cannot_forge_a_row() {
+        // Raw strings as a controller (or anything answering at --admin) may send them.
+        let forged = "web\nssh-backdoor  tcp  0.0.0.0:22  10.6.6.6:22  r.yml  listening";
+        let mut row = RouteRow::from_status(&status(forged, RouteState::Listening), SystemTime::UNIX_EPOCH);
+        row.source = "r.yml\u{202e}lmy.r".into();
+        let error = ProviderError::route("r.yml", "e", "label proxy.esc\x1b[31mRED\x1b[0m.port: \x1b[8mhidden");
+        let json = serde_json::to_string(&[row, RouteRow::from_error(&error)]).unwrap();
+        let rows: Vec<RouteRow> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            render_table(&rows),
+            "\
+ALIAS                                                              PROTO  LISTEN           TARGETS       SOURCE              STATE                                                               CONNS  IN       OUT  AGE
+web\\nssh-backdoor  tcp  0.0.0.0:22  10.6.6.6:22  r.yml  listening  tcp    127.0.0.1:40022  127.0.0.1:22  r.yml\\u{202e}lmy.r  listening                                                           1/3    1.5 KiB  5 B  0s
+e                                                                  -      -                -             r.yml               error: label proxy.esc\\u{1b}[31mRED\\u{1b}[0m.port: \\u{1b}[8mhidden  -      -        -    -
+"
+        );
+    }
+
+    #[test]
     fn human_units() {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1023), "1023 B");
