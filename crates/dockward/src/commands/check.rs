@@ -1,7 +1,9 @@
 //! `dockward check`: validates route files and container labels.
 //!
 //! Prints the routes they define (stdout), or every error with file (or container), alias,
-//! field or label, and value (stderr), and fails when there is any error. Two routes that
+//! field or label, and value (stderr), and fails when there is any error. The table comes
+//! from [`crate::table`], and notes and errors are escaped the same way; `--json` prints the
+//! same as one [`CheckJson`] object instead. Two routes that
 //! would fight over one listen address are an error too: at run time the younger one would
 //! sit in conflict.
 //!
