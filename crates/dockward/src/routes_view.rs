@@ -101,6 +101,12 @@ impl RouteRow {
         }
     }
 
+    /// The value of the counter whose JSON key is `key` (`bytes_in`, `denied`, ...; see
+    /// [`COUNTERS`]); 0 for a key that is not a counter.
+    pub fn counter(&self, key: &str) -> u64 {
+        self.counters.get(key).unwrap_or_default()
+    }
+
     /// The row of an input that did not become a route.
     pub fn from_error(error: &ProviderError) -> Self {
         RouteRow {
@@ -238,6 +244,7 @@ mod tests {
         assert_eq!((json["connections_active"].as_u64(), json["connections_total"].as_u64()), (Some(1), Some(3)));
         assert_eq!((json["bytes_in"].as_u64(), json["bytes_out"].as_u64()), (Some(1536), Some(5)));
         assert_eq!((json["denied"].as_u64(), json["proxy_header_errors"].as_u64()), (Some(4), Some(2)));
+        assert_eq!((row.counter("bytes_in"), row.counter("denied"), row.counter("no_such")), (1536, 4, 0));
         assert_eq!(json["since"], "1970-01-01T00:00:00Z");
         assert_eq!(json["age_seconds"], 125);
         let back: RouteRow = serde_json::from_value(json).unwrap();
