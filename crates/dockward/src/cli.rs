@@ -206,6 +206,10 @@ pub struct CheckArgs {
     /// Docker engine for --container. Default: DOCKER_HOST, else the local socket.
     #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Print the routes, notes and errors as one JSON object on stdout (the exit status is
+    /// the same).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses one `--labels` value: `KEY=VALUE`, split at the first `=`.
