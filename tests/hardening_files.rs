@@ -1,0 +1,138 @@
+//! Hostile and careless routes files (issue 15): secrets never echoed, deep nesting refused
+//! quickly without delaying other files, reads retried, a recreated directory watched again,
+//! and a deleted file's routes removed once it stays gone.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use dockward_tests::dockward::{
+    DEADLINE, Dockward, command, echo_server, http_get, poll, routes_yaml, spawn_controller,
+};
+use serde_json::Value;
+
+/// A `dockward run` over several routes files in `dir`, with the interval of the periodic
+/// re-read shortened to `reread` (a hidden flag made for tests).
+struct Controller {
+    child: Child,
+    dir: tempfile::TempDir,
+    admin: String,
+}
+
+impl Controller {
+    fn start(files: &[(&str, &str)], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = command();
+        cmd.arg("run").args(["--admin", "127.0.0.1:0", "--no-docker", "--log-level", "debug"]).args(extra);
+        for (name, yaml) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&path, yaml).expect("write routes file");
+            cmd.arg("--routes").arg(path);
+        }
+        let (child, admin) = spawn_controller(cmd, dir.path());
+        Controller { child, dir, admin }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockward.log")).unwrap_or_default()
+    }
+
+    fn routes(&self) -> Vec<Value> {
+        let (status, body) = http_get(&self.admin, "/routes").expect("GET /routes");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON rows")
+    }
+
+    /// Waits until some row satisfies `ok` and returns it.
+    fn wait_row(&self, what: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let give_up = Instant::now() + limit;
+        loop {
+            let rows = self.routes();
+            if let Some(row) = rows.iter().find(|r| ok(r)) {
+                return row.clone();
+            }
+            assert!(
+                Instant::now() < give_up,
+                "never saw {what} within {limit:?}; last rows: {}\nlog:\n{}",
+                serde_json::to_string_pretty(&rows).unwrap_or_default(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- dockward log ----\n{}---- end of log ----", self.log());
+        }
+    }
+}
+
+fn source_is(row: &Value, path: &Path) -> bool {
+    row["source"] == path.display().to_string()
+}
+
+#[test]
+fn a_secret_file_over_the_routes_file_is_never_echoed_by_the_api_or_the_log() {
+    let echo = echo_server();
+    let dw = Dockward::start(&routes_yaml(&[("steady", echo.port())]));
+    dw.listen_addr("steady");
+    let secrets = [
+        (
+            "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\nAWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENGbPxRfiCY\nDB_PASS=hunter2\n",
+            "wJalrXUtnFEMIK7MDENG",
+        ),
+        (
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQyNTUxOQAAACBzZWNyZXRzZWNyZXRzZWNyZXRzZWNyZXRzZWNyZXQAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+            "b3BlbnNzaC1rZXkt",
+        ),
+        ("root:$6$Zx8ke3Rq$ShadowHashShadowHashShadowHash/abcdefgh:19000:0:99999:7:::\n", "Zx8ke3Rq"),
+        ("daemon:*:19000:0:99999:7:::\nroot: $6$Qm4ew9Tz$AnotherShadowHashValue\n", "Qm4ew9Tz"),
+    ];
+    for (text, secret) in secrets {
+        dw.write_routes(text);
+        let row = poll("the file's error row", DEADLINE, || {
+            let rows = dw.routes();
+            rows.into_iter().find(|r| r["protocol"].is_null() && r["error"].as_str().is_some_and(|e| !e.is_empty()))
+        });
+        let body = http_get(&dw.admin, "/routes").expect("GET /routes").1;
+        assert!(!body.contains(secret), "GET /routes shows {secret}: {row}");
+        assert!(!dw.log().contains(secret), "the log shows {secret}:\n{}", dw.log());
+        let table = String::from_utf8_lossy(&dw.cli(&["routes"]).stdout).into_owned();
+        assert!(!table.contains(secret), "dockward routes shows {secret}:\n{table}");
+        // Back to a good file, so that the next secret is a new error.
+        dw.write_routes(&routes_yaml(&[("steady", echo.port())]));
+        poll("the error to clear", DEADLINE, || dw.routes().iter().all(|r| r["state"] == "listening").then_some(()));
+    }
+}
+
+#[test]
+fn a_deeply_nested_file_is_refused_quickly_and_another_file_s_edit_still_applies() {
+    let echo = echo_server();
+    let c = Controller::start(&[("a.yml", &routes_yaml(&[("a", echo.port())])), ("b.yml", "routes: {}\n")], &[]);
+    let (a, b) = (c.path("a.yml"), c.path("b.yml"));
+    c.wait_row("route a listening", DEADLINE, |r| r["alias"] == "a" && r["state"] == "listening");
+
+    let started = Instant::now();
+    std::fs::write(&b, format!("routes: {}{}\n", "[".repeat(200_000), "]".repeat(200_000))).expect("write b.yml");
+    let row = c.wait_row("b.yml's depth error", Duration::from_secs(5), |r| {
+        source_is(r, &b) && r["error"].as_str().is_some_and(|e| e.contains("nested more than 64 deep"))
+    });
+    assert_eq!(row["error"], "lists and maps nested more than 64 deep (line 1); a routes file needs 4");
+
+    std::fs::write(&a, routes_yaml(&[("a", echo.port()), ("a2", echo.port())])).expect("write a.yml");
+    c.wait_row("route a2 listening", Duration::from_secs(5), |r| r["alias"] == "a2" && r["state"] == "listening");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "refusing b.yml and applying a.yml took {took:?}");
+}
