@@ -136,3 +136,87 @@ fn a_deeply_nested_file_is_refused_quickly_and_another_file_s_edit_still_applies
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "refusing b.yml and applying a.yml took {took:?}");
 }
+
+#[test]
+fn a_file_whose_read_failed_is_read_again_on_the_periodic_tick_without_any_event() {
+    // routes.yml is a symlink into a directory nobody watches: making its target there sends
+    // no event to the watched directory, as descriptors coming back after an EMFILE do not.
+    let echo = echo_server();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (live, elsewhere) = (dir.path().join("live"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&live).expect("mkdir");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let file = live.join("routes.yml");
+    std::os::unix::fs::symlink(elsewhere.join("real.yml"), &file).expect("symlink");
+    let mut cmd = command();
+    cmd.arg("run").arg("--routes").arg(&file);
+    cmd.args(["--admin", "127.0.0.1:0", "--no-docker", "--log-level", "debug", "--reread-interval", "1s"]);
+    let (child, admin) = spawn_controller(cmd, dir.path());
+    let c = Controller { child, dir, admin };
+    let row = c.wait_row("the unreadable file's error", DEADLINE, |r| source_is(r, &file) && r["state"] == "error");
+    assert!(row["error"].as_str().is_some_and(|e| e.starts_with("cannot read the file: ")), "{row}");
+
+    std::fs::write(elsewhere.join("real.yml"), routes_yaml(&[("late", echo.port())])).expect("write target");
+    c.wait_row("route late listening", DEADLINE, |r| r["alias"] == "late" && r["state"] == "listening");
+    poll("the error row to clear", DEADLINE, || c.routes().iter().all(|r| r["state"] == "listening").then_some(()));
+}
+
+#[test]
+fn a_deleted_and_recreated_directory_is_watched_again() {
+    let echo = echo_server();
+    let c = Controller::start(&[("live/routes.yml", &routes_yaml(&[("first", echo.port())]))], &[]);
+    let live = c.path("live");
+    let file = c.path("live/routes.yml");
+    c.wait_row("route first listening", DEADLINE, |r| r["alias"] == "first" && r["state"] == "listening");
+
+    std::fs::remove_dir_all(&live).expect("rm -rf live");
+    std::fs::create_dir(&live).expect("mkdir live");
+    std::fs::write(&file, routes_yaml(&[("second", echo.port())])).expect("write live/routes.yml");
+    c.wait_row("route second listening", DEADLINE, |r| r["alias"] == "second" && r["state"] == "listening");
+
+    // The watch itself is back, not just a poll: a later edit applies at once.
+    let edited = Instant::now();
+    std::fs::write(&file, routes_yaml(&[("second", echo.port()), ("third", echo.port())])).expect("edit");
+    c.wait_row("route third listening", DEADLINE, |r| r["alias"] == "third" && r["state"] == "listening");
+    assert!(edited.elapsed() < Duration::from_secs(3), "the edit took {:?}", edited.elapsed());
+    assert!(c.log().contains("watching the directory again"), "{}", c.log());
+}
+
+#[test]
+fn a_deleted_file_s_routes_are_removed_once_it_stays_missing_and_a_row_says_so() {
+    let echo = echo_server();
+    let c =
+        Controller::start(&[("routes.yml", &routes_yaml(&[("doomed", echo.port())]))], &["--reread-interval", "1s"]);
+    let file = c.path("routes.yml");
+    let listen =
+        c.wait_row("route doomed listening", DEADLINE, |r| r["alias"] == "doomed" && r["state"] == "listening");
+
+    std::fs::remove_file(&file).expect("rm routes.yml");
+    let row = c.wait_row("the file-gone row", DEADLINE, |r| {
+        source_is(r, &file) && r["error"].as_str().is_some_and(|e| e.starts_with("the file is gone"))
+    });
+    assert_eq!(row["error"], "the file is gone (missing for 1s or more); its routes were removed");
+    assert!(c.routes().iter().all(|r| r["alias"] != "doomed"), "the route is still there");
+    let addr: std::net::SocketAddr = listen["listen"].as_str().and_then(|s| s.parse().ok()).expect("address");
+    poll("the port to close", DEADLINE, || std::net::TcpStream::connect(addr).is_err().then_some(()));
+    let table = command().args(["routes", "--admin", &c.admin]).output().expect("dockward routes");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("the file is gone"), "{table}");
+    assert!(c.log().contains("routes file deleted: its routes are removed"), "{}", c.log());
+}
+
+#[test]
+fn a_missing_file_at_start_does_not_claim_previous_routes_keep_running() {
+    let c = Controller::start(&[("other.yml", "routes: {}\n")], &[]);
+    drop(c);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = command();
+    cmd.arg("run").arg("--routes").arg(dir.path().join("absent.yml"));
+    cmd.args(["--admin", "127.0.0.1:0", "--no-docker"]);
+    let (child, admin) = spawn_controller(cmd, dir.path());
+    let c = Controller { child, dir, admin };
+    poll("the warning", DEADLINE, || c.log().contains("routes file not applied").then_some(()));
+    let log = c.log();
+    assert!(log.contains("routes file not applied; it serves no routes until it loads"), "{log}");
+    assert!(!log.contains("previous routes keep running"), "{log}");
+}

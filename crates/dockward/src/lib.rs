@@ -17,5 +17,6 @@ pub mod controller;
 pub mod logging;
 pub mod metrics;
 pub mod providers;
+pub mod reload;
 pub mod routes_file;
 pub mod routes_view;

@@ -10,11 +10,13 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminListener};
 use crate::cli::RunArgs;
 use crate::controller::Controller;
+use crate::providers::file::FileOptions;
 use crate::providers::{self, docker::DockerOptions};
+use crate::reload::Reload;
 
 /// Runs until SIGINT or SIGTERM, then stops cleanly: listeners close at once, open
 /// connections may finish for up to the largest `drain_grace` of the routes. A second
-/// signal stops waiting for them.
+/// signal stops waiting for them. SIGHUP reloads: every routes file is read again.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // First, so that a signal arriving during start-up is handled, not fatal.
     let mut signals = Signals::new()?;
@@ -30,6 +32,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let global_acl = args.global_acl();
     let shutdown = CancellationToken::new();
+    let reload = Reload::new();
+    let file_options = FileOptions { reread: args.reread_interval, reload: reload.clone() };
     let mut providers = Vec::new();
     let mut seen = HashSet::new();
     for path in args.routes {
@@ -37,7 +41,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             warn!(file = %path.display(), "routes file given twice; reading it once");
             continue;
         }
-        providers.push(providers::file::spawn(path, shutdown.child_token())?);
+        providers.push(providers::file::spawn(path, file_options.clone(), shutdown.child_token())?);
     }
     let docker =
         DockerOptions { disabled: args.no_docker, host: args.docker_host, label_filters: args.docker_label_filter };
@@ -56,18 +60,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut controller_task = tokio::spawn(controller.run(shutdown.clone()));
 
-    let first = tokio::select! {
-        name = signals.next() => name,
-        finished = &mut controller_task => {
-            finished.context("the controller stopped unexpectedly")?;
-            anyhow::bail!("the controller stopped unexpectedly");
+    let first = loop {
+        tokio::select! {
+            name = signals.next() => match name {
+                "SIGHUP" => {
+                    let listeners = reload.trigger();
+                    info!(signal = name, listeners, "reloading: reading the routes files again");
+                }
+                name => break name,
+            },
+            finished = &mut controller_task => {
+                finished.context("the controller stopped unexpectedly")?;
+                anyhow::bail!("the controller stopped unexpectedly");
+            }
         }
     };
     info!(signal = first, "stopping");
     shutdown.cancel();
     tokio::select! {
         finished = &mut controller_task => finished.context("the controller failed while stopping")?,
-        second = signals.next() => {
+        second = signals.next_stop() => {
             warn!(signal = second, "second signal: exiting without waiting for open connections");
             anyhow::bail!("stopped by a second {second} before open connections finished");
         }
@@ -78,10 +90,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM.
+/// SIGINT and SIGTERM (stop), SIGHUP (reload).
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -89,6 +102,7 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
@@ -97,6 +111,17 @@ impl Signals {
         tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+
+    /// The name of the next stop signal; SIGHUP while stopping is logged and ignored.
+    async fn next_stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => info!(signal = "SIGHUP", "stopping: no reload"),
+                name => return name,
+            }
         }
     }
 }
