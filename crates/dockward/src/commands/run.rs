@@ -24,7 +24,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to serve: give --routes FILE, or leave out --no-docker to serve Docker labels");
     }
 
-    raise_nofile_limit();
+    let nofile = raise_nofile_limit();
+    let mut admin_limits = admin::AdminLimits::for_nofile(nofile.unwrap_or(1024));
+    admin_limits.header_timeout = args.admin_header_timeout;
+    admin_limits.idle_timeout = args.admin_idle_timeout;
+    if let Some(max) = args.admin_max_connections {
+        admin_limits.max_connections = max.max(1);
+    }
 
     // The admin API binds before any route, so a taken admin port stops us before we serve.
     let listener = AdminListener::bind(&args.admin.admin).await?;
@@ -53,8 +59,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before the first apply, so no route ever serves without the global ACL.
     controller.view().table().set_global_acl(global_acl);
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(listener, controller.view(), admin_stop.clone()));
-    info!(admin = %bound, "admin API listening");
+    let admin_thread = admin::spawn_thread(listener, controller.view(), admin_limits, admin_stop.clone())?;
+    info!(admin = %bound, max_connections = admin_limits.max_connections, "admin API listening");
     if let Some(file) = &args.admin_addr_file {
         admin::write_addr_file(file, &bound)?;
     }
@@ -85,7 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     admin_stop.cancel();
-    let _ = admin_task.await;
+    let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     info!("stopped");
     Ok(())
 }
@@ -128,7 +134,8 @@ impl Signals {
 
 /// Lifts the soft open-file limit to the hard one, so the usual 1,024 does not cap the
 /// forwarder at ~500 TCP connections; says so, and warns when even the hard limit is low.
-fn raise_nofile_limit() {
+/// Returns the limit now in force, when it could be read.
+fn raise_nofile_limit() -> Option<u64> {
     match proxy_core::limits::raise_nofile_limit() {
         Ok(limit) => {
             if limit.after > limit.before {
@@ -141,8 +148,12 @@ fn raise_nofile_limit() {
                      session one; raise it (ulimit -Hn, LimitNOFILE= in systemd, ulimits: in compose)"
                 );
             }
+            Some(limit.after)
         }
-        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the open-file limit");
+            None
+        }
     }
 }
 
