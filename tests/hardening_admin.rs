@@ -97,3 +97,31 @@ fn a_v4_mapped_loopback_admin_address_is_loopback() {
     assert_eq!(http_get(&dw.admin, "/healthz").expect("GET /healthz").0, 200);
     assert!(!dw.log().contains("non-loopback"), "{}", dw.log());
 }
+
+#[test]
+fn a_unix_socket_the_user_may_not_open_is_reported_as_permission_denied() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: getuid(2) takes nothing and cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("SKIP: needs root to run `dockward routes` as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = dir.path().join("admin.sock");
+    let dw = Dockward::start_with("routes: {}\n", &format!("unix:{}", socket.display()));
+    let out =
+        match dockward_tests::dockward::command().args(["routes", "--admin", &dw.admin]).uid(65534).gid(65534).output()
+        {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("SKIP: cannot run dockward as nobody: {e}");
+                return;
+            }
+        };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("permission denied opening {}", dw.admin)), "{stderr}");
+    assert!(!stderr.contains("no dockward controller answers"), "{stderr}");
+}
