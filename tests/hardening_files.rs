@@ -220,3 +220,69 @@ fn a_missing_file_at_start_does_not_claim_previous_routes_keep_running() {
     assert!(log.contains("routes file not applied; it serves no routes until it loads"), "{log}");
     assert!(!log.contains("previous routes keep running"), "{log}");
 }
+
+#[test]
+fn an_edit_read_during_a_descriptor_outage_is_applied_once_descriptors_are_back() {
+    // Under a 128-descriptor limit, UDP sessions (one socket each) fill the table; an edit
+    // then fails to open with EMFILE. The sessions expire after 4 s and free their
+    // descriptors, and no file event follows: only the periodic re-read can apply the edit.
+    const LIMIT: u64 = 128;
+    let udp_echo = dockward_tests::dockward::udp_echo_server();
+    let echo = echo_server();
+    let hog = format!(
+        "routes:\n  hog:\n    scheme: udp\n    bind: 127.0.0.1\n    port: {}\n    udp_idle_timeout: 4s\n",
+        udp_echo.port()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("routes.yml");
+    std::fs::write(&file, &hog).expect("write routes file");
+    let mut cmd = command();
+    cmd.arg("run").arg("--routes").arg(&file);
+    cmd.args(["--admin", "127.0.0.1:0", "--no-docker", "--log-level", "info", "--reread-interval", "1s"]);
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: setrlimit(2) between fork and exec touches no memory but the struct given.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: LIMIT, rlim_max: LIMIT };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let (child, admin) = spawn_controller(cmd, dir.path());
+    let c = Controller { child, dir, admin };
+    let pid = c.child.id();
+    let row = c.wait_row("route hog listening", DEADLINE, |r| r["alias"] == "hog" && r["state"] == "listening");
+    let hog_addr: std::net::SocketAddr = row["listen"].as_str().and_then(|s| s.parse().ok()).expect("address");
+    let open_fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+
+    // One datagram from each of many client sockets: a session each, until the table is full.
+    let mut clients = Vec::new();
+    let give_up = Instant::now() + DEADLINE;
+    while open_fds() < LIMIT && Instant::now() < give_up {
+        for _ in 0..8 {
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client socket");
+            client.send_to(b"x", hog_addr).expect("send");
+            clients.push(client);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if open_fds() < LIMIT {
+        eprintln!(
+            "SKIP: UDP sessions stop short of the descriptor limit ({} of {LIMIT}): a reserve keeps descriptors free",
+            open_fds()
+        );
+        return;
+    }
+    std::fs::write(&file, format!("{hog}  late: {{bind: 127.0.0.1, port: {}}}\n", echo.port())).expect("edit");
+    poll("the EMFILE read error in the log", DEADLINE, || {
+        c.log().contains("error=cannot read the file: Too many open files").then_some(())
+    });
+
+    // The sessions expire, descriptors come back, and the edit applies with no new event.
+    c.wait_row("route late listening", Duration::from_secs(20), |r| r["alias"] == "late" && r["state"] == "listening");
+    poll("the error row to clear", DEADLINE, || c.routes().iter().all(|r| r["state"] == "listening").then_some(()));
+}
