@@ -126,7 +126,7 @@ impl AdminListener {
     pub async fn bind(addr: &AdminAddr) -> anyhow::Result<AdminListener> {
         match addr {
             AdminAddr::Tcp(tcp) => {
-                if !tcp.ip().to_canonical().is_loopback() {
+                if !is_loopback(tcp.ip()) {
                     warn!(admin = %addr, "the admin API listens on a non-loopback address; it has no authentication");
                 }
                 let listener = TcpListener::bind(tcp).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -208,6 +208,11 @@ pub fn spawn_thread(
         .context("cannot start the admin API's thread")
 }
 
+/// Whether `ip` is loopback, an IPv4-mapped one (`::ffff:127.0.0.1`) included.
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt as _;
     let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
@@ -235,7 +240,10 @@ pub async fn serve(listener: AdminListener, view: View, limits: AdminLimits, shu
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = l.accept() => match accepted {
-                    Ok((stream, _)) => conns.admit(stream, &state, &shutdown),
+                    Ok((stream, _)) => {
+                        accept_errors.backoff = Duration::ZERO;
+                        conns.admit(stream, &state, &shutdown);
+                    }
                     Err(e) => accept_errors.back_off(e).await,
                 },
             }
@@ -244,7 +252,10 @@ pub async fn serve(listener: AdminListener, view: View, limits: AdminLimits, shu
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = l.accept() => match accepted {
-                    Ok((stream, _)) => conns.admit(stream, &state, &shutdown),
+                    Ok((stream, _)) => {
+                        accept_errors.backoff = Duration::ZERO;
+                        conns.admit(stream, &state, &shutdown);
+                    }
                     Err(e) => accept_errors.back_off(e).await,
                 },
             }
@@ -507,6 +518,44 @@ mod tests {
         for bad in ["", "7031", "example.com:80", "unix:", "127.0.0.1"] {
             let e = bad.parse::<AdminAddr>().unwrap_err();
             assert!(e.contains("admin address") || e.contains("socket path"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_connection_cap_is_a_sixteenth_of_the_descriptors_within_bounds() {
+        assert_eq!(AdminLimits::for_nofile(1024).max_connections, 64);
+        assert_eq!(AdminLimits::for_nofile(64).max_connections, 16);
+        assert_eq!(AdminLimits::for_nofile(1 << 20).max_connections, 1024);
+        let limits = AdminLimits::for_nofile(4096);
+        assert_eq!((limits.header_timeout, limits.idle_timeout), (DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_once_no_byte_moved_for_the_limit() {
+        let epoch = Instant::now();
+        let active = Arc::new(AtomicU64::new(0));
+        let limit = Duration::from_secs(60);
+        let watch = tokio::spawn({
+            let active = active.clone();
+            async move { idle(&active, epoch, limit).await }
+        });
+        // Activity at 50 s postpones the end to 110 s.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        active.store(millis_since(epoch), Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(!watch.is_finished(), "closed 59 s after the last byte");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::yield_now().await;
+        assert!(watch.is_finished(), "still open 61 s after the last byte");
+    }
+
+    #[test]
+    fn a_v4_mapped_loopback_address_is_loopback() {
+        for ip in ["127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["0.0.0.0", "::", "10.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1"] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
         }
     }
 
