@@ -22,7 +22,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller: serve the routes of route files (and Docker) until SIGINT or SIGTERM.
+    /// Run the controller: serve the routes of route files (and Docker) until SIGINT or SIGTERM; SIGHUP re-reads the routes files.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// List the routes of a running controller, asking its admin API.
