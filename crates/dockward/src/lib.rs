@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod provider_error;
 pub mod providers;
+pub mod reload;
 pub mod routes_file;
 pub mod routes_view;
 pub mod table;

@@ -55,7 +55,16 @@ pub async fn get(addr: &AdminAddr, path: &str) -> anyhow::Result<Bytes> {
                 request(stream, &tcp.to_string(), path).await.with_context(|| format!("asking {addr} for {path}"))
             }
             AdminAddr::Unix(socket) => {
-                let stream = UnixStream::connect(socket).await.with_context(unreachable)?;
+                let stream = match UnixStream::connect(socket).await {
+                    Ok(stream) => stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "permission denied opening {addr}: the socket is mode 0600; run as the user \
+                             dockward runs as (or root)"
+                        )));
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(unreachable())),
+                };
                 request(stream, "localhost", path).await.with_context(|| format!("asking {addr} for {path}"))
             }
         }
