@@ -13,25 +13,36 @@
 //!
 //! The crate opens no socket of its own besides the engine connection: the binary hands the
 //! routes to proxy-core's `RouteTable::apply`.
+//!
+//! Layout: everything that talks to the engine lives under `io/` (connect, list, inspect,
+//! event streams, the session and the watcher loop); every other module is pure and is
+//! tested without an engine: `labels` and `swarm` (labels to routes), `views` (engine
+//! answers to views), `events` (which events matter), `memory` (the snapshot's entries and
+//! how answers change them), `recheck` (when to look at a settling service again), `config`,
+//! `snapshot` and `error`.
 #![warn(missing_docs)]
 
-mod engine;
+mod config;
 mod error;
-mod http;
+mod events;
+mod io;
 pub mod labels;
+mod memory;
 #[cfg(test)]
 mod mock_engine;
-mod services;
+mod recheck;
 mod snapshot;
 pub mod swarm;
-mod watcher;
+mod views;
 
-pub use engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
+pub use config::{DockerConfig, OwnContainer};
 pub use error::WatchError;
+pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
+pub use io::engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
+pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, parse_labels};
 pub use snapshot::DockerSnapshot;
 pub use swarm::{ServiceView, SwarmTarget, TaskView, parse_service_labels};
-pub use watcher::{DockerConfig, DockerWatcher, OwnContainer, SERVICE_EVENTS, WATCHED_EVENTS};
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
 ///
@@ -63,8 +74,8 @@ pub fn split_label_arg(arg: &str) -> Option<(String, String)> {
 /// Fetches one container (by name or id) from the engine, for `dockward check --container`.
 pub async fn inspect_container(config: &DockerConfig, name: &str) -> Result<ContainerView, WatchError> {
     let host = config.effective_host();
-    let docker = engine::connect(&host, config.request_timeout).await?;
-    engine::inspect_view(&docker, &host, name)
+    let docker = io::engine::connect(&host, config.request_timeout).await?;
+    io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })
 }
@@ -77,15 +88,15 @@ pub async fn check_container(
     name: &str,
 ) -> Result<(ContainerView, ContainerRoutes), WatchError> {
     let host = config.effective_host();
-    let docker = engine::connect(&host, config.request_timeout).await?;
-    let view = engine::inspect_view(&docker, &host, name)
+    let docker = io::engine::connect(&host, config.request_timeout).await?;
+    let view = io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
     let own = match &config.own_container {
         OwnContainer::Disabled => Vec::new(),
-        OwnContainer::Id(id) => engine::own_networks(&docker, &host, id).await?,
+        OwnContainer::Id(id) => io::engine::own_networks(&docker, &host, id).await?,
         OwnContainer::Detect => match detect_own_container_id() {
-            Some(id) => engine::own_networks(&docker, &host, &id).await?,
+            Some(id) => io::engine::own_networks(&docker, &host, &id).await?,
             None => Vec::new(),
         },
     };
