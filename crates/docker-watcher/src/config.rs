@@ -4,6 +4,13 @@ use std::time::Duration;
 
 use crate::io::engine;
 
+/// Where the engine is when neither `--docker-host` nor an environment variable says, and
+/// no Podman socket exists.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Rootful Podman's API socket (the systemd unit `podman.socket`).
+pub const PODMAN_ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
+
 /// How dockward finds its own container, for the "shared network" target rule.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum OwnContainer {
@@ -65,5 +72,65 @@ impl DockerConfig {
     /// The engine address this configuration uses.
     pub fn effective_host(&self) -> String {
         engine::effective_host(self.host.as_deref())
+    }
+}
+
+/// The engine address for an explicit `--docker-host` (trimmed), else the environment's
+/// (`DOCKER_HOST`, then `CONTAINER_HOST`), else the first socket that `exists` of Docker's,
+/// rootful Podman's and rootless Podman's (`$XDG_RUNTIME_DIR/podman/podman.sock`), else
+/// Docker's. `env` and `exists` are the process's in real use; tests pass their own.
+pub(crate) fn choose_host(
+    explicit: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    exists: impl Fn(&str) -> bool,
+) -> String {
+    let given = |h: Option<String>| h.map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    if let Some(h) = given(explicit.map(str::to_string)).or_else(|| given(env("DOCKER_HOST"))) {
+        return h;
+    }
+    if let Some(h) = given(env("CONTAINER_HOST")) {
+        return h;
+    }
+    let docker = DEFAULT_DOCKER_HOST.trim_start_matches("unix://");
+    let rootless = given(env("XDG_RUNTIME_DIR")).map(|dir| format!("{}/podman/podman.sock", dir.trim_end_matches('/')));
+    let candidates = [Some(docker.to_string()), Some(PODMAN_ROOTFUL_SOCKET.to_string()), rootless];
+    match candidates.into_iter().flatten().find(|p| exists(p)) {
+        Some(path) => format!("unix://{path}"),
+        None => DEFAULT_DOCKER_HOST.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(explicit: Option<&str>, env: &[(&str, &str)], sockets: &[&str]) -> String {
+        choose_host(
+            explicit,
+            |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
+            |path| sockets.contains(&path),
+        )
+    }
+
+    #[test]
+    fn the_engine_is_the_flag_then_the_environment_then_the_first_socket_found() {
+        let env = [("DOCKER_HOST", "tcp://a:2375"), ("CONTAINER_HOST", "unix:///c.sock")];
+        assert_eq!(host(Some(" unix:///x.sock "), &env, &[]), "unix:///x.sock");
+        assert_eq!(host(None, &env, &[]), "tcp://a:2375");
+        assert_eq!(host(Some(""), &env[1..], &[]), "unix:///c.sock");
+        let rootless = [("XDG_RUNTIME_DIR", "/run/user/1000/")];
+        assert_eq!(host(None, &rootless, &[]), "unix:///var/run/docker.sock");
+        assert_eq!(
+            host(None, &rootless, &["/run/user/1000/podman/podman.sock"]),
+            "unix:///run/user/1000/podman/podman.sock"
+        );
+        assert_eq!(
+            host(None, &rootless, &["/run/podman/podman.sock", "/run/user/1000/podman/podman.sock"]),
+            "unix:///run/podman/podman.sock"
+        );
+        assert_eq!(
+            host(None, &[], &["/var/run/docker.sock", "/run/podman/podman.sock"]),
+            "unix:///var/run/docker.sock"
+        );
     }
 }

@@ -1,6 +1,12 @@
 //! Which engine events matter and what each one asks the session to look at again: the
 //! event filters, and the sorting of arriving events into a [`Batch`]. Pure: the stream
 //! itself is read in [`crate::io::event_stream`].
+//!
+//! Podman's Docker-compatible API filters events by Podman's own names, not Docker's: a
+//! container's death is `died` there (answered as `die`) and its removal `remove` (Docker:
+//! `destroy`). A filter on Docker's names alone drops both, and `podman stop` would go
+//! unnoticed; so the filter names both spellings ([`PODMAN_EVENT_NAMES`]; Docker accepts
+//! and ignores names it does not know) and [`normalise`] reads Podman's as Docker's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -13,6 +19,17 @@ use crate::views::short_id;
 /// The container events that can change a container's routes.
 pub const WATCHED_EVENTS: &[&str] =
     &["start", "die", "stop", "kill", "destroy", "pause", "unpause", "rename", "health_status"];
+
+/// Podman's names of watched container events, with the Docker name each stands for.
+pub(crate) const PODMAN_EVENT_NAMES: &[(&str, &str)] = &[("died", "die"), ("remove", "destroy")];
+
+/// The watched event `action` names (`died` reads as `die`, `exec_start: sh` as
+/// `exec_start`), or `None` for an event that is not watched.
+pub(crate) fn normalise(action: &str) -> Option<&'static str> {
+    let action = action.split(':').next().unwrap_or("").trim();
+    let action = PODMAN_EVENT_NAMES.iter().find(|(podman, _)| *podman == action).map_or(action, |(_, docker)| docker);
+    WATCHED_EVENTS.iter().find(|w| **w == action).copied()
+}
 
 /// Which event stream an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +63,7 @@ pub(crate) fn note_event(batch: &mut Batch, dead: Option<&mut HashSet<String>>, 
     let action = action.split(':').next().unwrap_or("").trim().to_string();
     match stream {
         Stream::Containers => {
-            let action: &'static str = WATCHED_EVENTS.iter().find(|w| **w == action).copied().unwrap_or("event");
+            let action = normalise(&action).unwrap_or("event");
             debug!(id = short_id(&id), action, "container event");
             batch.containers.insert(id, action);
         }
@@ -85,7 +102,14 @@ pub(crate) const TASK_CONTAINER_EVENTS: &[&str] = &["start", "die", "stop", "kil
 pub(crate) fn container_event_filters(label_filters: &[String]) -> HashMap<String, Vec<String>> {
     let mut filters: HashMap<String, Vec<String>> = [
         ("type".to_string(), vec!["container".to_string()]),
-        ("event".to_string(), WATCHED_EVENTS.iter().map(|e| e.to_string()).collect()),
+        (
+            "event".to_string(),
+            WATCHED_EVENTS
+                .iter()
+                .chain(PODMAN_EVENT_NAMES.iter().map(|(podman, _)| podman))
+                .map(|e| e.to_string())
+                .collect(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -106,4 +130,44 @@ pub(crate) fn swarm_event_filters() -> HashMap<String, Vec<String>> {
     ]
     .into_iter()
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EventActor;
+
+    fn container_event(id: &str, action: &str) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.to_string()),
+            actor: Some(EventActor { id: Some(id.to_string()), attributes: None }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn podman_event_names_read_as_dockers() {
+        assert_eq!(normalise("died"), Some("die"));
+        assert_eq!(normalise("remove"), Some("destroy"));
+        assert_eq!(normalise("health_status: healthy"), Some("health_status"));
+        assert_eq!(normalise("cleanup"), None);
+        let mut batch = Batch::default();
+        note_event(&mut batch, None, container_event("c1", "died"), Stream::Containers);
+        note_event(&mut batch, None, container_event("c2", "remove"), Stream::Containers);
+        assert_eq!(batch.containers.get("c1"), Some(&"die"));
+        assert_eq!(batch.containers.get("c2"), Some(&"destroy"));
+    }
+
+    #[test]
+    fn the_container_filter_names_both_spellings_and_the_label_filters() {
+        let filters = container_event_filters(&["a=b".to_string()]);
+        let events = &filters["event"];
+        for name in ["die", "died", "destroy", "remove", "stop", "start"] {
+            assert!(events.iter().any(|e| e == name), "{name} missing from {events:?}");
+        }
+        assert_eq!(filters["type"], ["container"]);
+        assert_eq!(filters["label"], ["a=b"]);
+        assert!(!container_event_filters(&[]).contains_key("label"));
+    }
 }

@@ -35,10 +35,10 @@ mod snapshot;
 pub mod swarm;
 mod views;
 
-pub use config::{DockerConfig, OwnContainer};
+pub use config::{DEFAULT_DOCKER_HOST, DockerConfig, OwnContainer, PODMAN_ROOTFUL_SOCKET};
 pub use error::WatchError;
 pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
-pub use io::engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
+pub use io::engine::{detect_own_container_id, effective_host};
 pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, parse_labels};
 pub use snapshot::DockerSnapshot;

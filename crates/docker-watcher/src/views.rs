@@ -27,6 +27,11 @@ pub fn view_from_summary(c: ContainerSummary) -> Option<ContainerView> {
     })
 }
 
+/// Whether a list entry says all a view needs: Podman's lacks `HostConfig` (the network mode).
+pub(crate) fn summary_is_complete(c: &ContainerSummary) -> bool {
+    c.host_config.as_ref().is_some_and(|h| h.network_mode.is_some())
+}
+
 /// A view from an inspect answer; `None` without an id.
 pub fn view_from_inspect(c: ContainerInspectResponse) -> Option<ContainerView> {
     let id = c.id?;

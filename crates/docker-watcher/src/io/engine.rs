@@ -10,22 +10,18 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::ListContainersOptions;
 
+use crate::config::choose_host;
 use crate::error::WatchError;
 use crate::labels::ContainerView;
-use crate::views::{id_from_cgroup, id_from_mountinfo, view_from_inspect, view_from_summary};
+use crate::labels::LABEL_PREFIX;
+use crate::views::{id_from_cgroup, id_from_mountinfo, summary_is_complete, view_from_inspect, view_from_summary};
 
-/// Where the engine is when neither `--docker-host` nor `DOCKER_HOST` says.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-
-/// The engine address in use: the explicit one, else `DOCKER_HOST`, else the default socket.
+/// The engine address in use: the explicit one, else `DOCKER_HOST`, else `CONTAINER_HOST`
+/// (Podman's), else the first socket that exists of Docker's, rootful Podman's
+/// (`/run/podman/podman.sock`) and rootless Podman's (`$XDG_RUNTIME_DIR/podman/podman.sock`),
+/// else Docker's.
 pub fn effective_host(explicit: Option<&str>) -> String {
-    match explicit {
-        Some(h) if !h.trim().is_empty() => h.trim().to_string(),
-        _ => std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string()),
-    }
+    choose_host(explicit, |name| std::env::var(name).ok(), |path| std::path::Path::new(path).exists())
 }
 
 /// A client for `host` (`unix:///path`, `tcp://host:port`, `http://host:port`, or a bare
@@ -50,6 +46,9 @@ pub async fn engine_version(docker: &Docker, host: &str) -> Result<String, Watch
 }
 
 /// Every running or paused container carrying all of `label_filters`, as views.
+///
+/// Podman's list omits `HostConfig`, so a list entry does not say that its container uses
+/// the host's network: such entries (with `proxy.*` labels) are inspected instead.
 pub async fn list_views(
     docker: &Docker,
     host: &str,
@@ -60,7 +59,19 @@ pub async fn list_views(
     let options = ListContainersOptions { all: false, filters, ..Default::default() };
     let list =
         docker.list_containers(Some(options)).await.map_err(|source| WatchError::engine(host, "list", source))?;
-    Ok(list.into_iter().filter_map(view_from_summary).collect())
+    let mut views = Vec::with_capacity(list.len());
+    for summary in list {
+        if summary_is_complete(&summary) {
+            views.extend(view_from_summary(summary));
+            continue;
+        }
+        let labelled = summary.labels.as_ref().is_some_and(|l| l.keys().any(|k| k.starts_with(LABEL_PREFIX)));
+        if let (true, Some(id)) = (labelled, summary.id.as_deref()) {
+            // Gone since the list (404): nothing to add.
+            views.extend(inspect_view(docker, host, id).await?);
+        }
+    }
+    Ok(views)
 }
 
 /// One container by id or name; `Ok(None)` when the engine says it does not exist.

@@ -243,6 +243,40 @@ mod tests {
         task.await.expect("no panic");
     }
 
+    /// Podman's list has no `HostConfig`: a host-network container running before the
+    /// watcher must still get its loopback target (it was once an error row, "networks: none").
+    #[tokio::test]
+    async fn a_podman_list_entry_without_host_config_is_inspected() {
+        let id = "843405ff3af0e7e04da424fb2d3ba3c43076052e6817e07e0c525efce3ca6a42";
+        let inspect_path = format!("/containers/{id}/json");
+        let engine = MockEngine::start(&[
+            ("/info", 200, serde_json::json!({})),
+            (
+                "/containers/json",
+                200,
+                serde_json::json!([{
+                    "Id": id, "Names": ["/pm1"], "Labels": {"proxy.x.port": "4999:22"}, "State": "running",
+                    "NetworkSettings": {"Networks": null}
+                }]),
+            ),
+            (
+                &inspect_path,
+                200,
+                serde_json::json!({
+                    "Id": id, "Name": "pm1", "Config": {"Labels": {"proxy.x.port": "4999:22"}},
+                    "HostConfig": {"NetworkMode": "host"}, "NetworkSettings": {"Networks": {}},
+                    "State": {"Status": "running"}
+                }),
+            ),
+        ]);
+        let (snap, shutdown, task) = first_sync(&engine.host).await;
+        let entry = snap.by_name("pm1").expect("the container's entry");
+        assert!(entry.errors.is_empty(), "{:?}", entry.errors);
+        assert_eq!(entry.routes[0].targets[0].to_string(), "127.0.0.1:22");
+        shutdown.cancel();
+        task.await.expect("no panic");
+    }
+
     #[tokio::test]
     async fn unreachable_engine_is_reported_and_retried_until_shutdown() {
         let dir = std::env::temp_dir().join(format!("dockward-no-engine-{}", std::process::id()));
