@@ -9,9 +9,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, tcp_echo_eventually,
-    udp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, free_tcp_port, free_udp_port, tcp_echo_eventually, udp_echo_eventually,
 };
+use dockward_tests::on_each_engine;
 
 /// Routes must follow containers within this (expected: well under a second).
 const FOLLOW: Duration = Duration::from_secs(10);
@@ -22,124 +22,120 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tcp_and_udp_routes_appear_on_start_and_carry_traffic() {
-    let Some(engine) = TestEngine::connect("e2e_tcp_and_udp").await else { return };
-    let dockward = DockwardWithDocker::start(&engine, None);
-    let (tcp_target, udp_target) = (free_tcp_port(), free_udp_port());
-    let (tcp_listen, udp_listen) = (free_tcp_port(), free_udp_port());
-    let tcp_port = format!("{tcp_listen}:{tcp_target}");
-    let udp_port = format!("{udp_listen}:{udp_target}");
-    // Two aliases: fields by #N, a shared one by `*`, and one override of the wildcard.
-    let c = engine
-        .run(&ContainerSpec::tcp_and_udp_echo(
-            "e2e-both",
-            tcp_target,
-            udp_target,
-            &[
-                ("proxy.aliases", "echo-tcp, echo-udp"),
-                ("proxy.*.bind", "127.0.0.1"),
-                ("proxy.*.scheme", "tcp"),
-                ("proxy.#1.port", &tcp_port),
-                ("proxy.#2.port", &udp_port),
-                ("proxy.#2.scheme", "udp"),
-            ],
-        ))
-        .await;
+on_each_engine! {
+    async fn tcp_and_udp_routes_appear_on_start_and_carry_traffic(engine) {
+        let dockward = DockwardWithDocker::start(&engine, None);
+        let (tcp_target, udp_target) = (free_tcp_port(), free_udp_port());
+        let (tcp_listen, udp_listen) = (free_tcp_port(), free_udp_port());
+        let tcp_port = format!("{tcp_listen}:{tcp_target}");
+        let udp_port = format!("{udp_listen}:{udp_target}");
+        // Two aliases: fields by #N, a shared one by `*`, and one override of the wildcard.
+        let c = engine
+            .run(&ContainerSpec::tcp_and_udp_echo(
+                "e2e-both",
+                tcp_target,
+                udp_target,
+                &[
+                    ("proxy.aliases", "echo-tcp, echo-udp"),
+                    ("proxy.*.bind", "127.0.0.1"),
+                    ("proxy.*.scheme", "tcp"),
+                    ("proxy.#1.port", &tcp_port),
+                    ("proxy.#2.port", &udp_port),
+                    ("proxy.#2.scheme", "udp"),
+                ],
+            ))
+            .await;
 
-    let tcp_row = dockward.wait_row(&c.name, "echo-tcp", "listening", FOLLOW, |r| r["state"] == "listening");
-    assert_eq!(tcp_row["protocol"], "tcp");
-    assert_eq!(tcp_row["listen"], format!("127.0.0.1:{tcp_listen}"));
-    assert_eq!(tcp_row["targets"], serde_json::json!([format!("127.0.0.1:{tcp_target}")]));
-    let udp_row = dockward.wait_row(&c.name, "echo-udp", "listening", FOLLOW, |r| r["state"] == "listening");
-    assert_eq!(udp_row["protocol"], "udp");
-    assert_eq!(udp_row["listen"], format!("127.0.0.1:{udp_listen}"));
+        let tcp_row = dockward.wait_row(&c.name, "echo-tcp", "listening", FOLLOW, |r| r["state"] == "listening");
+        assert_eq!(tcp_row["protocol"], "tcp");
+        assert_eq!(tcp_row["listen"], format!("127.0.0.1:{tcp_listen}"));
+        assert_eq!(tcp_row["targets"], serde_json::json!([format!("127.0.0.1:{tcp_target}")]));
+        let udp_row = dockward.wait_row(&c.name, "echo-udp", "listening", FOLLOW, |r| r["state"] == "listening");
+        assert_eq!(udp_row["protocol"], "udp");
+        assert_eq!(udp_row["listen"], format!("127.0.0.1:{udp_listen}"));
 
-    assert_eq!(tcp_echo_eventually(loopback(tcp_listen), b"hello over tcp", TARGET_UP), b"hello over tcp");
-    assert_eq!(udp_echo_eventually(loopback(udp_listen), b"hello over udp", TARGET_UP), b"hello over udp");
+        assert_eq!(tcp_echo_eventually(loopback(tcp_listen), b"hello over tcp", TARGET_UP), b"hello over tcp");
+        assert_eq!(udp_echo_eventually(loopback(udp_listen), b"hello over udp", TARGET_UP), b"hello over udp");
 
-    // `dockward routes` shows the container name as the source.
-    let out = dockward.cli(&["routes"]);
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "dockward routes failed: {}", String::from_utf8_lossy(&out.stderr));
-    let line = table.lines().find(|l| l.contains("echo-tcp")).unwrap_or_else(|| panic!("no echo-tcp row in:\n{table}"));
-    assert!(line.contains(&c.name), "the SOURCE column names the container: {line}");
-    let out = dockward.cli(&["routes", "--json"]);
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("routes --json is JSON");
-    let row = rows.iter().find(|r| r["alias"] == "echo-udp").expect("echo-udp row");
-    assert_eq!(row["source"], c.name.as_str());
-    assert!(row["bytes_in"].as_u64().unwrap_or(0) >= b"hello over udp".len() as u64, "{row}");
-}
+        // `dockward routes` shows the container name as the source.
+        let out = dockward.cli(&["routes"]);
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "dockward routes failed: {}", String::from_utf8_lossy(&out.stderr));
+        let line = table.lines().find(|l| l.contains("echo-tcp")).unwrap_or_else(|| panic!("no echo-tcp row in:\n{table}"));
+        assert!(line.contains(&c.name), "the SOURCE column names the container: {line}");
+        let out = dockward.cli(&["routes", "--json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("routes --json is JSON");
+        let row = rows.iter().find(|r| r["alias"] == "echo-udp").expect("echo-udp row");
+        assert_eq!(row["source"], c.name.as_str());
+        assert!(row["bytes_in"].as_u64().unwrap_or(0) >= b"hello over udp".len() as u64, "{row}");
+    }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stop_closes_the_port_and_restart_reopens_it_on_the_same_port() {
-    let Some(engine) = TestEngine::connect("e2e_stop_restart").await else { return };
-    let dockward = DockwardWithDocker::start(&engine, None);
-    let (target, listen) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let c = engine
-        .run(&ContainerSpec::tcp_echo(
-            "e2e-stop",
-            target,
-            &[("proxy.svc.port", &port), ("proxy.svc.bind", "127.0.0.1")],
-        ))
-        .await;
-    dockward.wait_row(&c.name, "svc", "listening", FOLLOW, |r| r["state"] == "listening");
-    assert_eq!(tcp_echo_eventually(loopback(listen), b"before", TARGET_UP), b"before");
+    async fn stop_closes_the_port_and_restart_reopens_it_on_the_same_port(engine) {
+        let dockward = DockwardWithDocker::start(&engine, None);
+        let (target, listen) = (free_tcp_port(), free_tcp_port());
+        let port = format!("{listen}:{target}");
+        let c = engine
+            .run(&ContainerSpec::tcp_echo(
+                "e2e-stop",
+                target,
+                &[("proxy.svc.port", &port), ("proxy.svc.bind", "127.0.0.1")],
+            ))
+            .await;
+        dockward.wait_row(&c.name, "svc", "listening", FOLLOW, |r| r["state"] == "listening");
+        assert_eq!(tcp_echo_eventually(loopback(listen), b"before", TARGET_UP), b"before");
 
-    c.stop().await;
-    dockward.wait_gone(&c.name, "svc", FOLLOW);
-    let refused = TcpStream::connect(loopback(listen));
-    assert!(refused.is_err(), "port {listen} still accepts after the container stopped");
+        c.stop().await;
+        dockward.wait_gone(&c.name, "svc", FOLLOW);
+        let refused = TcpStream::connect(loopback(listen));
+        assert!(refused.is_err(), "port {listen} still accepts after the container stopped");
 
-    c.start().await;
-    let row = dockward.wait_row(&c.name, "svc", "listening again", FOLLOW, |r| r["state"] == "listening");
-    assert_eq!(row["listen"], format!("127.0.0.1:{listen}"), "back on the same port");
-    assert_eq!(tcp_echo_eventually(loopback(listen), b"after", TARGET_UP), b"after");
-}
+        c.start().await;
+        let row = dockward.wait_row(&c.name, "svc", "listening again", FOLLOW, |r| r["state"] == "listening");
+        assert_eq!(row["listen"], format!("127.0.0.1:{listen}"), "back on the same port");
+        assert_eq!(tcp_echo_eventually(loopback(listen), b"after", TARGET_UP), b"after");
+    }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_labels_on_one_container_show_as_errors_while_a_good_one_works() {
-    let Some(engine) = TestEngine::connect("e2e_bad_labels").await else { return };
-    let dockward = DockwardWithDocker::start(&engine, None);
-    let (target, listen, ok_listen) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
-    let good_port = format!("{listen}:{target}");
-    let ok_port = format!("{ok_listen}:{target}");
-    let bad = engine
-        .run(&ContainerSpec::sleeper(
-            "e2e-bad",
-            &[
-                ("proxy.aliases", "ok,broken,typo"),
-                ("proxy.*.bind", "127.0.0.1"),
-                ("proxy.ok.port", &ok_port),
-                ("proxy.broken.port", "22:22:22"),
-                ("proxy.typo.port", "2200:22"),
-                ("proxy.typo.sheme", "udp"),
-            ],
-        ))
-        .await;
-    let good = engine
-        .run(&ContainerSpec::tcp_echo(
-            "e2e-good",
-            target,
-            &[("proxy.web.port", &good_port), ("proxy.web.bind", "127.0.0.1")],
-        ))
-        .await;
+    async fn bad_labels_on_one_container_show_as_errors_while_a_good_one_works(engine) {
+        let dockward = DockwardWithDocker::start(&engine, None);
+        let (target, listen, ok_listen) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+        let good_port = format!("{listen}:{target}");
+        let ok_port = format!("{ok_listen}:{target}");
+        let bad = engine
+            .run(&ContainerSpec::sleeper(
+                "e2e-bad",
+                &[
+                    ("proxy.aliases", "ok,broken,typo"),
+                    ("proxy.*.bind", "127.0.0.1"),
+                    ("proxy.ok.port", &ok_port),
+                    ("proxy.broken.port", "22:22:22"),
+                    ("proxy.typo.port", "2200:22"),
+                    ("proxy.typo.sheme", "udp"),
+                ],
+            ))
+            .await;
+        let good = engine
+            .run(&ContainerSpec::tcp_echo(
+                "e2e-good",
+                target,
+                &[("proxy.web.port", &good_port), ("proxy.web.bind", "127.0.0.1")],
+            ))
+            .await;
 
-    let broken = dockward.wait_row(&bad.name, "broken", "an error", FOLLOW, |r| r["state"] == "error");
-    assert_eq!(
-        broken["error"], "label proxy.broken.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET",
-        "{broken}"
-    );
-    let typo = dockward.wait_row(&bad.name, "typo", "an error", FOLLOW, |r| r["state"] == "error");
-    assert_eq!(typo["error"], "label proxy.typo.sheme=\"udp\": unknown field (did you mean \"scheme\"?)");
-    // The bad container's valid alias still works.
-    let ok = dockward.wait_row(&bad.name, "ok", "listening", FOLLOW, |r| r["state"] == "listening");
-    assert_eq!(ok["listen"], format!("127.0.0.1:{ok_listen}"));
+        let broken = dockward.wait_row(&bad.name, "broken", "an error", FOLLOW, |r| r["state"] == "error");
+        assert_eq!(
+            broken["error"], "label proxy.broken.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET",
+            "{broken}"
+        );
+        let typo = dockward.wait_row(&bad.name, "typo", "an error", FOLLOW, |r| r["state"] == "error");
+        assert_eq!(typo["error"], "label proxy.typo.sheme=\"udp\": unknown field (did you mean \"scheme\"?)");
+        // The bad container's valid alias still works.
+        let ok = dockward.wait_row(&bad.name, "ok", "listening", FOLLOW, |r| r["state"] == "listening");
+        assert_eq!(ok["listen"], format!("127.0.0.1:{ok_listen}"));
 
-    dockward.wait_row(&good.name, "web", "listening", FOLLOW, |r| r["state"] == "listening");
-    assert_eq!(tcp_echo_eventually(loopback(listen), b"unaffected", TARGET_UP), b"unaffected");
-    let out = dockward.cli(&["routes"]);
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.lines().any(|l| l.contains(&bad.name) && l.contains("error")), "errors show in the table:\n{table}");
+        dockward.wait_row(&good.name, "web", "listening", FOLLOW, |r| r["state"] == "listening");
+        assert_eq!(tcp_echo_eventually(loopback(listen), b"unaffected", TARGET_UP), b"unaffected");
+        let out = dockward.cli(&["routes"]);
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.lines().any(|l| l.contains(&bad.name) && l.contains("error")), "errors show in the table:\n{table}");
+    }
 }

@@ -100,6 +100,15 @@ pub(crate) fn choose_host(
     }
 }
 
+/// Whether `labels` carry every one of `filters` (`key` or `key=value`), as Docker's label
+/// filter judges.
+pub(crate) fn label_filters_hold(labels: &std::collections::BTreeMap<String, String>, filters: &[String]) -> bool {
+    filters.iter().all(|f| match f.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
+        None => labels.contains_key(f.as_str()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +119,15 @@ mod tests {
             |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
             |path| sockets.contains(&path),
         )
+    }
+
+    #[test]
+    fn every_label_filter_must_hold() {
+        let labels = [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into_iter().collect();
+        assert!(label_filters_hold(&labels, &[]));
+        assert!(label_filters_hold(&labels, &["a=1".into(), "b".into()]));
+        assert!(!label_filters_hold(&labels, &["a=1".into(), "c".into()]));
+        assert!(!label_filters_hold(&labels, &["a=2".into()]));
     }
 
     #[test]

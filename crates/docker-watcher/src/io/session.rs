@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{DockerConfig, OwnContainer};
+use crate::config::{DockerConfig, OwnContainer, label_filters_hold};
 use crate::error::WatchError;
 use crate::events::{Batch, Incoming, Stream, container_event_filters, note_event, swarm_event_filters};
 use crate::io::engine;
@@ -283,7 +283,9 @@ impl<'a> Session<'a> {
             futures::stream::iter(jobs).buffer_unordered(self.config.inspect_concurrency.max(1)).collect().await;
         let mut changed = false;
         for (id, action, view) in inspected {
-            let view = view?;
+            // Podman's event filter takes several labels as alternatives, not all required:
+            // an event may name a container the label filter excludes.
+            let view = view?.filter(|v| label_filters_hold(&v.labels, &self.config.label_filters));
             let entry = view.as_ref().and_then(|v| self.state.routes_of(v));
             changed |= self.state.set(&id, entry, action);
         }
