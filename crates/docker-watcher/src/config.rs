@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::io::engine;
+use crate::targets::EngineSite;
 
 /// Where the engine is when neither `--docker-host` nor an environment variable says, and
 /// no Podman socket exists.
@@ -46,6 +47,9 @@ pub struct DockerConfig {
     /// container. Lets several dockward instances share one engine, each serving its own
     /// project (`com.docker.compose.project=shop`).
     pub label_filters: Vec<String>,
+    /// Where the engine runs. [`EngineSite::Remote`]: its containers are reached on that
+    /// machine's address (host network, published ports), not on their own. Default: local.
+    pub site: EngineSite,
 }
 
 impl Default for DockerConfig {
@@ -59,6 +63,7 @@ impl Default for DockerConfig {
             own_container: OwnContainer::Detect,
             inspect_concurrency: 16,
             label_filters: Vec::new(),
+            site: EngineSite::Local,
         }
     }
 }

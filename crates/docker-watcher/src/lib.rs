@@ -33,6 +33,7 @@ mod mock_engine;
 mod recheck;
 mod snapshot;
 pub mod swarm;
+mod targets;
 mod views;
 
 pub use config::{DEFAULT_DOCKER_HOST, DockerConfig, OwnContainer, PODMAN_ROOTFUL_SOCKET};
@@ -43,6 +44,8 @@ pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, parse_labels};
 pub use snapshot::DockerSnapshot;
 pub use swarm::{ServiceView, SwarmTarget, TaskView, parse_service_labels};
+pub use targets::EngineSite;
+pub use views::PublishedPort;
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
 ///
@@ -71,15 +74,6 @@ pub fn split_label_arg(arg: &str) -> Option<(String, String)> {
     Some((k.to_string(), v.to_string()))
 }
 
-/// Fetches one container (by name or id) from the engine, for `dockward check --container`.
-pub async fn inspect_container(config: &DockerConfig, name: &str) -> Result<ContainerView, WatchError> {
-    let host = config.effective_host();
-    let docker = io::engine::connect(&host, config.request_timeout).await?;
-    io::engine::inspect_view(&docker, &host, name)
-        .await?
-        .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })
-}
-
 /// Checks one container's labels against its real networks, whatever its state.
 ///
 /// Dockward's own container's networks are taken into account as the watcher would.
@@ -89,7 +83,7 @@ pub async fn check_container(
 ) -> Result<(ContainerView, ContainerRoutes), WatchError> {
     let host = config.effective_host();
     let docker = io::engine::connect(&host, config.request_timeout).await?;
-    let view = io::engine::inspect_view(&docker, &host, name)
+    let facts = io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
     let own = match &config.own_container {
@@ -100,8 +94,8 @@ pub async fn check_container(
             None => Vec::new(),
         },
     };
-    let routes = parse_labels(&view, &own);
-    Ok((view, routes))
+    let routes = targets::container_routes(&facts, &config.site, &own);
+    Ok((facts.view, routes))
 }
 
 #[cfg(test)]

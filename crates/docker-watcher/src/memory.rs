@@ -9,21 +9,24 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::labels::{ContainerRoutes, ContainerView, has_proxy_labels, parse_labels};
+use crate::labels::{ContainerRoutes, has_proxy_labels};
 use crate::snapshot::DockerSnapshot;
 use crate::swarm::{SWARM_SERVICE_ID_LABEL, ServiceView, parse_service_labels};
-use crate::views::short_id;
+use crate::targets::{EngineSite, container_routes};
+use crate::views::{ContainerFacts, short_id};
 
 /// The watcher's memory across sessions, and the channel it publishes on.
 pub(crate) struct State {
     pub(crate) tx: watch::Sender<Arc<DockerSnapshot>>,
     pub(crate) snap: DockerSnapshot,
     pub(crate) own_networks: Vec<String>,
+    /// Where the engine runs: how containers that their own address cannot serve are reached.
+    pub(crate) site: EngineSite,
 }
 
 impl State {
     pub(crate) fn new(tx: watch::Sender<Arc<DockerSnapshot>>) -> Self {
-        State { tx, snap: DockerSnapshot::default(), own_networks: Vec::new() }
+        State { tx, snap: DockerSnapshot::default(), own_networks: Vec::new(), site: EngineSite::Local }
     }
 
     pub(crate) fn publish(&mut self) {
@@ -39,8 +42,9 @@ impl State {
         }
     }
 
-    /// The routes `view` asks for, or `None` when it contributes nothing.
-    pub(crate) fn routes_of(&self, view: &ContainerView) -> Option<ContainerRoutes> {
+    /// The routes a container asks for, or `None` when it contributes nothing.
+    pub(crate) fn routes_of(&self, facts: &ContainerFacts) -> Option<ContainerRoutes> {
+        let view = &facts.view;
         if !view.state.is_running() || !view.has_proxy_labels() {
             return None;
         }
@@ -48,7 +52,7 @@ impl State {
         if self.snap.swarm && view.labels.contains_key(SWARM_SERVICE_ID_LABEL) {
             return None;
         }
-        Some(parse_labels(view, &self.own_networks))
+        Some(container_routes(facts, &self.site, &self.own_networks))
     }
 
     /// The routes a service asks for, or `None` when it carries no `proxy.*` label.
@@ -70,9 +74,9 @@ impl State {
     }
 
     /// Replaces every container entry from a full list; returns whether anything changed.
-    pub(crate) fn reconcile(&mut self, views: Vec<ContainerView>) -> bool {
+    pub(crate) fn reconcile(&mut self, containers: Vec<ContainerFacts>) -> bool {
         let fresh: BTreeMap<String, ContainerRoutes> =
-            views.iter().filter_map(|v| Some((v.id.clone(), self.routes_of(v)?))).collect();
+            containers.iter().filter_map(|c| Some((c.view.id.clone(), self.routes_of(c)?))).collect();
         reconcile_entries(&mut self.snap.containers, Kind::Container, fresh, "not running")
     }
 

@@ -4,9 +4,90 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, PortMap, PortSummary};
+use proxy_core::Protocol;
 
 use crate::labels::{ContainerState, ContainerView};
+
+/// One port a container publishes on its engine's machine (`-p 8080:80`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// The port inside the container (80).
+    pub container_port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The address it is published on (`0.0.0.0`, `::`, `127.0.0.1`, or empty for all).
+    pub host_ip: String,
+    /// The port on the engine's machine (8080).
+    pub host_port: u16,
+}
+
+/// What the engine said about one container: its view, and the ports it publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ContainerFacts {
+    /// Labels, networks, state.
+    pub(crate) view: ContainerView,
+    /// Its published ports, for targets that its own address cannot serve.
+    pub(crate) published: Vec<PublishedPort>,
+}
+
+/// Facts from a list entry; `None` without an id.
+pub(crate) fn facts_from_summary(c: ContainerSummary) -> Option<ContainerFacts> {
+    let published = c.ports.as_deref().map(published_from_summary).unwrap_or_default();
+    Some(ContainerFacts { view: view_from_summary(c)?, published })
+}
+
+/// Facts from an inspect answer; `None` without an id.
+pub(crate) fn facts_from_inspect(c: ContainerInspectResponse) -> Option<ContainerFacts> {
+    let published =
+        c.network_settings.as_ref().and_then(|n| n.ports.as_ref()).map(published_from_inspect).unwrap_or_default();
+    Some(ContainerFacts { view: view_from_inspect(c)?, published })
+}
+
+fn protocol_of(name: &str) -> Option<Protocol> {
+    match name {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        _ => None, // sctp
+    }
+}
+
+fn published_from_summary(ports: &[PortSummary]) -> Vec<PublishedPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some(PublishedPort {
+                container_port: p.private_port,
+                protocol: protocol_of(p.typ.map(|t| t.to_string()).as_deref().unwrap_or("tcp"))?,
+                host_ip: p.ip.clone().unwrap_or_default(),
+                host_port: p.public_port.filter(|p| *p != 0)?,
+            })
+        })
+        .collect()
+}
+
+/// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}` → published ports, sorted.
+fn published_from_inspect(ports: &PortMap) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = ports
+        .iter()
+        .filter_map(|(key, bindings)| {
+            let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+            Some((port.parse::<u16>().ok()?, protocol_of(proto)?, bindings.as_ref()?))
+        })
+        .flat_map(|(container_port, protocol, bindings)| {
+            bindings.iter().filter_map(move |b| {
+                Some(PublishedPort {
+                    container_port,
+                    protocol,
+                    host_ip: b.host_ip.clone().unwrap_or_default(),
+                    host_port: b.host_port.as_deref()?.parse().ok().filter(|p| *p != 0)?,
+                })
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.container_port, a.host_port, &a.host_ip).cmp(&(b.container_port, b.host_port, &b.host_ip)));
+    out
+}
 
 /// A view from a list entry; `None` without an id.
 pub fn view_from_summary(c: ContainerSummary) -> Option<ContainerView> {
@@ -122,6 +203,48 @@ mod tests {
         assert_eq!(id_from_cgroup(&format!("12:memory:/docker/{ID}\n")).as_deref(), Some(ID));
         assert_eq!(id_from_cgroup(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(), Some(ID));
         assert_eq!(id_from_cgroup("0::/\n4:memory:/process_api/fc0c7b28\n"), None);
+    }
+
+    #[test]
+    fn published_ports_are_read_from_inspect_and_list_answers() {
+        use bollard::models::{PortBinding, PortSummaryTypeEnum};
+        let map: PortMap = [
+            (
+                "80/tcp".to_string(),
+                Some(vec![PortBinding { host_ip: Some("0.0.0.0".into()), host_port: Some("8080".into()) }]),
+            ),
+            ("53/udp".to_string(), Some(vec![PortBinding { host_ip: None, host_port: Some("5353".into()) }])),
+            ("443/tcp".to_string(), None),
+            ("9/sctp".to_string(), Some(vec![PortBinding { host_ip: None, host_port: Some("9".into()) }])),
+        ]
+        .into_iter()
+        .collect();
+        let got = published_from_inspect(&map);
+        assert_eq!(
+            got,
+            vec![
+                PublishedPort { container_port: 53, protocol: Protocol::Udp, host_ip: String::new(), host_port: 5353 },
+                PublishedPort {
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: "0.0.0.0".into(),
+                    host_port: 8080
+                },
+            ]
+        );
+        let summary = [
+            PortSummary {
+                ip: Some("::".into()),
+                private_port: 80,
+                public_port: Some(8080),
+                typ: Some(PortSummaryTypeEnum::TCP),
+            },
+            PortSummary { ip: None, private_port: 81, public_port: None, typ: Some(PortSummaryTypeEnum::TCP) },
+        ];
+        assert_eq!(
+            published_from_summary(&summary),
+            vec![PublishedPort { container_port: 80, protocol: Protocol::Tcp, host_ip: "::".into(), host_port: 8080 }]
+        );
     }
 
     #[test]

@@ -12,9 +12,10 @@ use bollard::query_parameters::ListContainersOptions;
 
 use crate::config::choose_host;
 use crate::error::WatchError;
-use crate::labels::ContainerView;
 use crate::labels::LABEL_PREFIX;
-use crate::views::{id_from_cgroup, id_from_mountinfo, summary_is_complete, view_from_inspect, view_from_summary};
+use crate::views::{
+    ContainerFacts, facts_from_inspect, facts_from_summary, id_from_cgroup, id_from_mountinfo, summary_is_complete,
+};
 
 /// The engine address in use: the explicit one, else `DOCKER_HOST`, else `CONTAINER_HOST`
 /// (Podman's), else the first socket that exists of Docker's, rootful Podman's
@@ -45,15 +46,15 @@ pub async fn engine_version(docker: &Docker, host: &str) -> Result<String, Watch
     Ok(format!("{} (API {})", v.version.as_deref().unwrap_or("unknown"), v.api_version.as_deref().unwrap_or("unknown")))
 }
 
-/// Every running or paused container carrying all of `label_filters`, as views.
+/// Every running or paused container carrying all of `label_filters`, with its published ports.
 ///
 /// Podman's list omits `HostConfig`, so a list entry does not say that its container uses
 /// the host's network: such entries (with `proxy.*` labels) are inspected instead.
-pub async fn list_views(
+pub(crate) async fn list_views(
     docker: &Docker,
     host: &str,
     label_filters: &[String],
-) -> Result<Vec<ContainerView>, WatchError> {
+) -> Result<Vec<ContainerFacts>, WatchError> {
     let filters =
         (!label_filters.is_empty()).then(|| [("label".to_string(), label_filters.to_vec())].into_iter().collect());
     let options = ListContainersOptions { all: false, filters, ..Default::default() };
@@ -62,7 +63,7 @@ pub async fn list_views(
     let mut views = Vec::with_capacity(list.len());
     for summary in list {
         if summary_is_complete(&summary) {
-            views.extend(view_from_summary(summary));
+            views.extend(facts_from_summary(summary));
             continue;
         }
         let labelled = summary.labels.as_ref().is_some_and(|l| l.keys().any(|k| k.starts_with(LABEL_PREFIX)));
@@ -75,9 +76,13 @@ pub async fn list_views(
 }
 
 /// One container by id or name; `Ok(None)` when the engine says it does not exist.
-pub async fn inspect_view(docker: &Docker, host: &str, id_or_name: &str) -> Result<Option<ContainerView>, WatchError> {
+pub(crate) async fn inspect_view(
+    docker: &Docker,
+    host: &str,
+    id_or_name: &str,
+) -> Result<Option<ContainerFacts>, WatchError> {
     match docker.inspect_container(id_or_name, None).await {
-        Ok(c) => Ok(view_from_inspect(c)),
+        Ok(c) => Ok(facts_from_inspect(c)),
         Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
         Err(source) => Err(WatchError::engine(host, "inspect", source)),
     }
@@ -110,7 +115,7 @@ pub fn detect_own_container_id() -> Option<String> {
 /// The networks of dockward's own container that another container can share, given its id:
 /// empty when it runs in host mode, on no network, or the engine does not know the id.
 pub async fn own_networks(docker: &Docker, host: &str, own_id: &str) -> Result<Vec<String>, WatchError> {
-    let Some(view) = inspect_view(docker, host, own_id).await? else {
+    let Some(ContainerFacts { view, .. }) = inspect_view(docker, host, own_id).await? else {
         return Ok(Vec::new());
     };
     if view.network_mode == "host" {

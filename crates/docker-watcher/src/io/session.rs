@@ -18,14 +18,14 @@ use crate::io::engine;
 use crate::io::event_stream::read_events;
 use crate::io::http::RawClient;
 use crate::io::services::{self, Answer, ServiceListing, SwarmClient};
-use crate::labels::ContainerView;
 use crate::memory::State;
 use crate::recheck::{Recheck, due_rechecks, schedule_recheck};
 use crate::swarm::ServiceView;
+use crate::views::ContainerFacts;
 use crate::views::short_id;
 
 /// A container id, the event that named it, and what inspecting it said.
-type Inspected = (String, &'static str, Result<Option<ContainerView>, WatchError>);
+type Inspected = (String, &'static str, Result<Option<ContainerFacts>, WatchError>);
 
 /// A service id, why it was looked at, and what listing it said.
 type ListedService = (String, &'static str, Result<Answer<Option<ServiceListing>>, WatchError>);
@@ -285,8 +285,8 @@ impl<'a> Session<'a> {
         for (id, action, view) in inspected {
             // Podman's event filter takes several labels as alternatives, not all required:
             // an event may name a container the label filter excludes.
-            let view = view?.filter(|v| label_filters_hold(&v.labels, &self.config.label_filters));
-            let entry = view.as_ref().and_then(|v| self.state.routes_of(v));
+            let facts = view?.filter(|c| label_filters_hold(&c.view.labels, &self.config.label_filters));
+            let entry = facts.as_ref().and_then(|c| self.state.routes_of(c));
             changed |= self.state.set(&id, entry, action);
         }
         Ok(changed)

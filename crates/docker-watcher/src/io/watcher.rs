@@ -84,6 +84,7 @@ impl DockerWatcher {
     /// trouble: it retries with backoff forever.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut state = State::new(self.tx);
+        state.site = self.config.site.clone();
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut last_warn: Option<Instant> = None;
         loop {
