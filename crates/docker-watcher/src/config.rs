@@ -1,5 +1,6 @@
 //! How to reach an engine and how patient to be with it: plain values, no I/O.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::io::engine;
@@ -80,6 +81,105 @@ impl DockerConfig {
     }
 }
 
+/// One `--docker-host` value: `URL`, or `NAME=URL` for one of several engines.
+///
+/// ```
+/// use docker_watcher::{EngineAddress, EngineSite};
+///
+/// let nas = EngineAddress::parse("nas=tcp://10.0.0.5:2375").unwrap();
+/// assert_eq!(nas.name.as_deref(), Some("nas"));
+/// assert_eq!(nas.site(), EngineSite::Remote("10.0.0.5".into()));
+/// let local = EngineAddress::parse("unix:///var/run/docker.sock").unwrap();
+/// assert_eq!((local.name, local.site()), (None, EngineSite::Local));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineAddress {
+    /// The engine's name: shown before its containers' names (`nas/minecraft`) when several
+    /// engines are watched, and used by `dockward check --container nas/minecraft`.
+    pub name: Option<String>,
+    /// `unix:///path`, `tcp://host:port`, `http://host:port`, or a socket path.
+    pub url: String,
+}
+
+impl EngineAddress {
+    /// Reads `URL` or `NAME=URL`; a name is letters, digits, `_`, `.` and `-`.
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let arg = arg.trim();
+        let (name, url) = match arg.split_once('=') {
+            Some((name, url)) if !name.contains([':', '/']) => (Some(name.trim()), url.trim()),
+            _ => (None, arg),
+        };
+        if let Some(name) = name
+            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(format!("engine name {name:?}: use letters, digits, '_', '.' and '-' (NAME=URL)"));
+        }
+        if url.is_empty() {
+            return Err("no engine URL, e.g. unix:///var/run/docker.sock or nas=tcp://10.0.0.5:2375".to_string());
+        }
+        Ok(EngineAddress { name: name.map(str::to_string), url: url.to_string() })
+    }
+
+    /// Where the engine runs. A named engine reached over `tcp://`, `http://` or `https://` at
+    /// a host that is not a loopback address is on another machine; every other engine
+    /// (unnamed, a unix socket, loopback) is on this one, as a single `--docker-host` always
+    /// was (a socket proxy on a shared network included).
+    pub fn site(&self) -> EngineSite {
+        if self.name.is_none() {
+            return EngineSite::Local;
+        }
+        let Some(rest) = ["tcp://", "http://", "https://"].iter().find_map(|s| self.url.strip_prefix(s)) else {
+            return EngineSite::Local;
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if host.is_empty() || loopback { EngineSite::Local } else { EngineSite::Remote(host.to_string()) }
+    }
+
+    /// The watcher configuration for this engine (defaults otherwise).
+    pub fn config(&self) -> DockerConfig {
+        DockerConfig { host: Some(self.url.clone()), site: self.site(), ..Default::default() }
+    }
+}
+
+/// Which engine `dockward check --container ARG` means: `ENGINE/NAME` names it; a bare
+/// `NAME` means the only engine. Returns the engine and the container's name.
+pub fn pick_engine<'a>(engines: &'a [EngineAddress], arg: &'a str) -> Result<(&'a EngineAddress, &'a str), String> {
+    let names = || engines.iter().filter_map(|e| e.name.as_deref()).collect::<Vec<_>>().join(", ");
+    match arg.split_once('/') {
+        Some((engine, name)) => engines
+            .iter()
+            .find(|e| e.name.as_deref() == Some(engine))
+            .map(|e| (e, name))
+            .ok_or_else(|| format!("{arg}: no engine named {engine:?} (engines: {})", names())),
+        None if engines.len() == 1 => Ok((&engines[0], arg)),
+        None => Err(format!("{arg}: several engines are watched; write ENGINE/{arg} (engines: {})", names())),
+    }
+}
+
+/// Checks a set of engines for watching together: with several, each needs a name of its
+/// own (it prefixes its containers' names).
+pub fn check_engines(engines: &[EngineAddress]) -> Result<(), String> {
+    if engines.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in engines {
+        let Some(name) = e.name.as_deref() else {
+            return Err(format!("several Docker engines: name each one, NAME=URL (unnamed: {})", e.url));
+        };
+        if !seen.insert(name) {
+            return Err(format!("two Docker engines are named {name:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The engine address for an explicit `--docker-host` (trimmed), else the environment's
 /// (`DOCKER_HOST`, then `CONTAINER_HOST`), else the first socket that `exists` of Docker's,
 /// rootful Podman's and rootless Podman's (`$XDG_RUNTIME_DIR/podman/podman.sock`), else
@@ -124,6 +224,48 @@ mod tests {
             |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
             |path| sockets.contains(&path),
         )
+    }
+
+    #[test]
+    fn engine_addresses_name_their_engine_and_say_where_it_runs() {
+        let parse = |s: &str| EngineAddress::parse(s);
+        let remote = |s: &str| parse(s).map(|e| e.site());
+        assert_eq!(
+            parse("nas=tcp://10.0.0.5:2375").map(|e| (e.name, e.url)),
+            Ok((Some("nas".into()), "tcp://10.0.0.5:2375".into()))
+        );
+        assert_eq!(parse("tcp://10.0.0.5:2375").map(|e| e.name), Ok(None));
+        assert_eq!(parse("/var/run/docker.sock").map(|e| e.url), Ok("/var/run/docker.sock".into()));
+        assert_eq!(remote("tcp://10.0.0.5:2375"), Ok(EngineSite::Local), "an unnamed engine is local, as always");
+        assert_eq!(remote("nas=tcp://nas.lan:2375"), Ok(EngineSite::Remote("nas.lan".into())));
+        assert_eq!(remote("nas=https://[fd00::5]:2376/"), Ok(EngineSite::Remote("fd00::5".into())));
+        assert_eq!(remote("b=tcp://127.0.0.1:2375"), Ok(EngineSite::Local));
+        assert_eq!(remote("b=tcp://localhost:2375"), Ok(EngineSite::Local));
+        assert_eq!(remote("b=tcp://[::1]:2375"), Ok(EngineSite::Local));
+        assert_eq!(remote("local=unix:///var/run/docker.sock"), Ok(EngineSite::Local));
+        assert!(parse("n a=tcp://x:1").is_err());
+        assert!(parse("nas=").is_err());
+        assert!(parse(" ").is_err());
+    }
+
+    #[test]
+    fn several_engines_need_distinct_names_and_check_picks_one() {
+        let e = |s: &str| EngineAddress::parse(s).unwrap();
+        let two = [e("nas=tcp://10.0.0.5:2375"), e("local=unix:///var/run/docker.sock")];
+        assert_eq!(check_engines(&two), Ok(()));
+        assert_eq!(check_engines(&[e("unix:///a")]), Ok(()));
+        assert!(check_engines(&[e("a=unix:///a"), e("unix:///b")]).unwrap_err().contains("name each one"));
+        assert!(check_engines(&[e("a=unix:///a"), e("a=unix:///b")]).unwrap_err().contains("named \"a\""));
+        assert_eq!(
+            pick_engine(&two, "nas/minecraft").map(|(e, n)| (e.url.as_str(), n)),
+            Ok(("tcp://10.0.0.5:2375", "minecraft"))
+        );
+        assert_eq!(
+            pick_engine(&two, "minecraft").unwrap_err(),
+            "minecraft: several engines are watched; write ENGINE/minecraft (engines: nas, local)"
+        );
+        assert_eq!(pick_engine(&two, "pi/x").unwrap_err(), "pi/x: no engine named \"pi\" (engines: nas, local)");
+        assert_eq!(pick_engine(&two[..1], "web").map(|(_, n)| n), Ok("web"));
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub mod swarm;
 mod targets;
 mod views;
 
-pub use config::{DEFAULT_DOCKER_HOST, DockerConfig, OwnContainer, PODMAN_ROOTFUL_SOCKET};
+pub use config::{
+    DEFAULT_DOCKER_HOST, DockerConfig, EngineAddress, OwnContainer, PODMAN_ROOTFUL_SOCKET, check_engines, pick_engine,
+};
 pub use error::WatchError;
 pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
 pub use io::engine::{detect_own_container_id, effective_host};
