@@ -90,6 +90,22 @@ async fn two_engines_route_side_by_side_and_losing_one_leaves_the_other_untouche
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains(&theirs_source), "the SOURCE column names the engine:\n{table}");
 
+    // `dockward check --container ENGINE/NAME` asks that engine; a bare name is ambiguous.
+    let check = |container: &str| {
+        dockward_tests::dockward::command()
+            .args(["check", "--docker-host", &hosts, "--container", container])
+            .output()
+            .expect("dockward check runs")
+    };
+    let out = check(&format!("priv/{}", theirs.name));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("127.0.0.1:{theirs_listen}")) && text.contains("ok: 1 route"), "{text}");
+    let out = check(&theirs.name);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("write ENGINE/{}", theirs.name)), "{err}");
+
     // The replicas of `shared` on the two engines are one route with both targets.
     let shared = poll("one shared route with both replicas", FOLLOW, || {
         let rows = rows_of(&dockward, "shared");
