@@ -38,6 +38,8 @@ dockward_podman_install() {
     command -v podman >/dev/null 2>&1 || missing+=(podman)
     command -v runc >/dev/null 2>&1 || missing+=(runc)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # User-mode networking of rootless containers (tests/docker_e2e.rs).
+    command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
     dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
     if [ "${#missing[@]}" -eq 0 ]; then
         return 0

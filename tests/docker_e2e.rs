@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, free_tcp_port, free_udp_port, tcp_echo_eventually, udp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, tcp_echo_eventually, udp_echo_eventually,
 };
 use dockward_tests::on_each_engine;
 
@@ -138,4 +138,45 @@ on_each_engine! {
         let table = String::from_utf8_lossy(&out.stdout);
         assert!(table.lines().any(|l| l.contains(&bad.name) && l.contains("error")), "errors show in the table:\n{table}");
     }
+}
+
+/// Rootless Podman's user-mode networking (slirp4netns here; pasta alike) gives a container
+/// no address the host can reach: dockward forwards to the port it publishes on 127.0.0.1,
+/// and a container that publishes none is an error row saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_user_mode_networking_is_reached_on_the_published_port() {
+    const NAME: &str = "podman_user_mode_networking";
+    let Some(engine) = TestEngine::podman(NAME).await else { return };
+    let has_slirp = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("slirp4netns").is_file()));
+    if !has_slirp {
+        assert!(!dockward_tests::podman::podman_required(), "DOCKWARD_REQUIRE_PODMAN=1 but slirp4netns is missing");
+        println!("SKIP {NAME}: no slirp4netns (scripts/start-podman.sh installs it)");
+        return;
+    }
+    let dockward = DockwardWithDocker::start(&engine, None);
+    let (target, published, listen) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let port = format!("{listen}:{target}");
+    let labels = [("proxy.slirp.port", port.as_str()), ("proxy.slirp.bind", "127.0.0.1")];
+    let c = engine
+        .run(&ContainerSpec::tcp_echo_any("slirp", target, &labels).on_network("slirp4netns", target, published))
+        .await;
+    let row = dockward.wait_row(&c.name, "slirp", "listening", FOLLOW, |r| r["state"] == "listening");
+    assert_eq!(row["targets"], serde_json::json!([format!("127.0.0.1:{published}")]));
+    assert_eq!(tcp_echo_eventually(loopback(listen), b"through slirp", TARGET_UP), b"through slirp");
+
+    let bare_port = format!("{}:{target}", free_tcp_port());
+    let bare_labels = [("proxy.bare.port", bare_port.as_str())];
+    let mut bare = ContainerSpec::tcp_echo_any("slirp-bare", target, &bare_labels);
+    bare.network = Some("slirp4netns".into());
+    let bare = engine.run(&bare).await;
+    let row = dockward_tests::dockward::poll("the error row of the unpublished container", FOLLOW, || {
+        dockward.routes().into_iter().find(|r| r["source"] == bare.name.as_str() && r["state"] == "error")
+    });
+    let error = row["error"].as_str().unwrap_or("").to_string();
+    assert!(
+        error.contains("network mode slirp4netns gives the container no address dockward can reach")
+            && error.contains(&format!("does not publish port {target}/tcp")),
+        "{row}"
+    );
 }

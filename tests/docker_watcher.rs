@@ -424,23 +424,4 @@ on_each_engine! {
         );
         w.stop().await;
     }
-
-    /// Podman answers `GET /events` only with its first event: a quiet engine must not look
-    /// lost when the request's timeout (here 1 s) passes without one.
-    async fn a_quiet_event_stream_is_not_a_lost_engine(engine) {
-        let mut w = Running::synced(DockerConfig {
-            request_timeout: Duration::from_secs(1),
-            label_filters: vec![format!("{}={}", dockward_tests::docker::CASE_LABEL, engine.case)],
-            ..config(&engine)
-        })
-        .await;
-        // Observing that nothing goes wrong over three timeouts; not a synchronisation.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let snap = w.rx.borrow().clone();
-        assert!(snap.connected && snap.last_error.is_none(), "{snap:#?}");
-        let c = engine.run(&ContainerSpec::sleeper("quiet", &[("proxy.q.port", "4328")])).await;
-        let snap = w.wait("the container, by its event", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-        assert!(snap.connected && snap.last_error.is_none(), "{snap:#?}");
-        w.stop().await;
-    }
 }

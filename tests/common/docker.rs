@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RenameContainerOptions,
     StartContainerOptions, StopContainerOptions,
@@ -107,6 +109,10 @@ pub struct ContainerSpec {
     pub host_libs: bool,
     /// Restart policy `unless-stopped`: the engine starts it again when it comes back.
     pub restart_unless_stopped: bool,
+    /// Network mode; `None` is `host`.
+    pub network: Option<String>,
+    /// TCP ports published on 127.0.0.1: (container port, host port).
+    pub publish: Vec<(u16, u16)>,
 }
 
 impl ContainerSpec {
@@ -118,6 +124,8 @@ impl ContainerSpec {
             cmd: ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 86400 & wait"].map(String::from).to_vec(),
             host_libs: false,
             restart_unless_stopped: false,
+            network: None,
+            publish: Vec::new(),
         }
     }
 
@@ -162,6 +170,20 @@ impl ContainerSpec {
     /// A UDP echo server on 127.0.0.1:`port` (socat, each datagram answered to its sender).
     pub fn udp_echo(prefix: &str, port: u16, labels: &[(&str, &str)]) -> Self {
         Self::socat(prefix, &[format!("UDP4-RECVFROM:{port},bind=127.0.0.1,fork")], labels)
+    }
+
+    /// A TCP echo server on all addresses of its own network, port `port` (for containers
+    /// that do not use the host's network; reach it through a published port).
+    pub fn tcp_echo_any(prefix: &str, port: u16, labels: &[(&str, &str)]) -> Self {
+        Self::socat(prefix, &[format!("TCP4-LISTEN:{port},reuseaddr,fork")], labels)
+    }
+
+    /// On network mode `network` (`slirp4netns`, a network name), with container port
+    /// `container` published on 127.0.0.1:`host`.
+    pub fn on_network(mut self, network: &str, container: u16, host: u16) -> Self {
+        self.network = Some(network.to_string());
+        self.publish.push((container, host));
+        self
     }
 
     /// With restart policy `unless-stopped`.
@@ -267,12 +289,23 @@ impl TestEngine {
                 .map(|name| ResourcesUlimits { name: Some(name.into()), soft: Some(1024), hard: Some(1024) })
                 .to_vec()
         });
+        let port_bindings: bollard::models::PortMap = spec
+            .publish
+            .iter()
+            .map(|(container, host)| {
+                let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(host.to_string()) };
+                (format!("{container}/tcp"), Some(vec![binding]))
+            })
+            .collect();
+        let exposed: Vec<String> = spec.publish.iter().map(|(container, _)| format!("{container}/tcp")).collect();
         let body = ContainerCreateBody {
             image: Some(self.kind.image().into()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
             cmd: Some(spec.cmd.clone()),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                network_mode: Some("host".into()),
+                network_mode: Some(spec.network.clone().unwrap_or_else(|| "host".into())),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 binds,
                 ulimits,
                 restart_policy: spec.restart_unless_stopped.then_some(RestartPolicy {

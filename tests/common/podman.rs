@@ -45,7 +45,8 @@ pub fn podman_host() -> String {
 
 async fn try_connect(host: &str) -> Result<Docker, String> {
     let docker = Docker::connect_with_host(host).map_err(|e| e.to_string())?.with_timeout(Duration::from_secs(60));
-    let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+    // Patient: on a loaded machine the service can take seconds to answer.
+    let docker = tokio::time::timeout(Duration::from_secs(30), docker.negotiate_version())
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;

@@ -278,6 +278,45 @@ mod tests {
         task.await.expect("no panic");
     }
 
+    /// Podman sends no headers on `/events` before its first event: the request times out,
+    /// and that must neither end the session nor mark the engine lost; the stream is opened
+    /// again instead.
+    #[tokio::test]
+    async fn an_event_stream_without_headers_is_opened_again_not_a_lost_engine() {
+        let engine = MockEngine::start(&[
+            ("/info", 200, serde_json::json!({})),
+            ("/containers/json", 200, serde_json::json!([])),
+            ("/events", crate::mock_engine::WITHHOLD, serde_json::json!(null)),
+        ]);
+        let config = DockerConfig {
+            host: Some(engine.host.clone()),
+            own_container: OwnContainer::Disabled,
+            resync_interval: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let watcher = DockerWatcher::new(config);
+        let mut rx = watcher.subscribe();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watcher.run(shutdown.clone()));
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.synced))
+            .await
+            .expect("synced")
+            .expect("the watcher is alive");
+        let generation = rx.borrow().generation;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while engine.count("/events") < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", engine.requests);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let snap = rx.borrow().clone();
+        assert!(snap.connected && snap.last_error.is_none(), "{snap:?}");
+        assert_eq!(snap.generation, generation, "nothing was published: no session was lost");
+        assert_eq!(engine.count("/containers/json"), 1, "listed once: the session went on");
+        shutdown.cancel();
+        task.await.expect("no panic");
+    }
+
     #[tokio::test]
     async fn unreachable_engine_is_reported_and_retried_until_shutdown() {
         let dir = std::env::temp_dir().join(format!("dockward-no-engine-{}", std::process::id()));

@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher, EngineAddress, check_engines, effective_host};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Provider, ProviderError, ProviderState};
 
@@ -66,6 +66,12 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
         addresses.push(EngineAddress { name: None, url: effective_host(None) });
     }
     check_engines(&addresses).map_err(anyhow::Error::msg).context("--docker-host")?;
+    if std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0") {
+        warn!(
+            "DOCKER_TLS_VERIFY is set, but dockward talks to engines without TLS (not supported yet); \
+             an engine that requires TLS will refuse it: use a socket proxy or a tunnel"
+        );
+    }
     if !options.label_filters.is_empty() {
         info!(labels = ?options.label_filters, "docker provider limited to containers with these labels");
     }
