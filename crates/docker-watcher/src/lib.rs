@@ -19,7 +19,8 @@
 //! tested without an engine: `labels` and `swarm` (labels to routes), `views` (engine
 //! answers to views), `events` (which events matter), `memory` (the snapshot's entries and
 //! how answers change them), `recheck` (when to look at a settling service again), `config`,
-//! `snapshot` and `error`.
+//! `snapshot` and `error`, and `targets` (containers a remote engine or user-mode networking
+//! hides: reached on their engine's machine, on the host network or a published port).
 #![warn(missing_docs)]
 
 mod config;
@@ -88,14 +89,7 @@ pub async fn check_container(
     let facts = io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
-    let own = match &config.own_container {
-        OwnContainer::Disabled => Vec::new(),
-        OwnContainer::Id(id) => io::engine::own_networks(&docker, &host, id).await?,
-        OwnContainer::Detect => match detect_own_container_id() {
-            Some(id) => io::engine::own_networks(&docker, &host, &id).await?,
-            None => Vec::new(),
-        },
-    };
+    let own = io::engine::own_networks_of(&docker, &host, &config.own_container).await?;
     let routes = targets::container_routes(&facts, &config.site, &own);
     Ok((facts.view, routes))
 }

@@ -10,7 +10,7 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::ListContainersOptions;
 
-use crate::config::choose_host;
+use crate::config::{OwnContainer, choose_host};
 use crate::error::WatchError;
 use crate::labels::LABEL_PREFIX;
 use crate::views::{
@@ -110,6 +110,22 @@ pub fn detect_own_container_id() -> Option<String> {
         return std::env::var("HOSTNAME").ok().filter(|h| h.len() >= 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     }
     None
+}
+
+/// The networks of dockward's own container, found as `own` says (see [`own_networks`]).
+pub(crate) async fn own_networks_of(
+    docker: &Docker,
+    host: &str,
+    own: &OwnContainer,
+) -> Result<Vec<String>, WatchError> {
+    match own {
+        OwnContainer::Disabled => Ok(Vec::new()),
+        OwnContainer::Id(id) => own_networks(docker, host, id).await,
+        OwnContainer::Detect => match detect_own_container_id() {
+            Some(id) => own_networks(docker, host, &id).await,
+            None => Ok(Vec::new()),
+        },
+    }
 }
 
 /// The networks of dockward's own container that another container can share, given its id:

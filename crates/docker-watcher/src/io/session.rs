@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{DockerConfig, OwnContainer, label_filters_hold};
+use crate::config::{DockerConfig, label_filters_hold};
 use crate::error::WatchError;
 use crate::events::{Batch, Incoming, Stream, container_event_filters, note_event, swarm_event_filters};
 use crate::io::engine;
@@ -85,14 +85,7 @@ impl<'a> Session<'a> {
         let mut swarm = None;
         self.update_swarm(&docker, &mut swarm, &events_tx).await?;
 
-        self.state.own_networks = match &self.config.own_container {
-            OwnContainer::Disabled => Vec::new(),
-            OwnContainer::Id(id) => engine::own_networks(&docker, self.host, id).await?,
-            OwnContainer::Detect => match engine::detect_own_container_id() {
-                Some(id) => engine::own_networks(&docker, self.host, &id).await?,
-                None => Vec::new(),
-            },
-        };
+        self.state.own_networks = engine::own_networks_of(&docker, self.host, &self.config.own_container).await?;
 
         self.resync(&docker, &mut swarm).await?;
         self.state.snap.connected = true;
