@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, tcp_echo_eventually, udp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, tcp_echo_eventually,
+    udp_echo_eventually,
 };
 use dockward_tests::on_each_engine;
 

@@ -90,7 +90,7 @@ impl DockerConfig {
 /// assert_eq!(nas.name.as_deref(), Some("nas"));
 /// assert_eq!(nas.site(), EngineSite::Remote("10.0.0.5".into()));
 /// let local = EngineAddress::parse("unix:///var/run/docker.sock").unwrap();
-/// assert_eq!((local.name, local.site()), (None, EngineSite::Local));
+/// assert_eq!((local.site(), local.name), (EngineSite::Local, None));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineAddress {

@@ -25,6 +25,12 @@
 //! looked at again shortly (100 ms doubling to 5 s) until it settles. The containers of
 //! swarm tasks then make no routes of their own: their service does. Whether the engine is
 //! a manager is asked again at each periodic resync.
+//!
+//! Podman's Docker-compatible API is watched the same way; where it differs, the pure
+//! modules and the session adapt: its list lacks the network mode (entries are inspected),
+//! its event names differ (`crate::events`), its event stream answers only with its first
+//! event (`crate::io::event_stream`), and its label filter on events matches any label
+//! rather than all (inspected containers are checked against the filter).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
