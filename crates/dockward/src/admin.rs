@@ -458,7 +458,10 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return resp;
     }
     if !matches!(path, "/routes" | "/healthz" | "/metrics") {
-        return text(StatusCode::NOT_FOUND, "not found; the admin API serves /, /history, /routes, /healthz and /metrics\n");
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; the admin API serves /, /history, /routes, /healthz and /metrics\n",
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");

@@ -23,5 +23,5 @@ pub mod providers;
 pub mod reload;
 pub mod routes_file;
 pub mod routes_view;
-pub mod table;
 pub mod status_page;
+pub mod table;
