@@ -336,7 +336,7 @@ struct Setting {
 /// The container's state is not looked at: the watcher only asks about running containers,
 /// and `dockward check --container` wants the labels checked whatever the state.
 pub fn parse_labels(view: &ContainerView, self_networks: &[String]) -> ContainerRoutes {
-    parse_subject(&view.subject(), || resolve_target(view, self_networks).map(|host| vec![host]))
+    crate::godoxy::parse_subject(&view.subject(), || resolve_target(view, self_networks).map(|host| vec![host]))
 }
 
 /// The labels → routes function behind [`parse_labels`] and
@@ -822,7 +822,8 @@ mod tests {
 
     #[test]
     fn aliases_may_be_separated_by_spaces_or_commas() {
-        let r = parse(&host_view(&[("proxy.aliases", "a b,c ,, d"), ("proxy.*.port", "80")]));
+        let r =
+            parse(&host_view(&[("proxy.aliases", "a b,c ,, d"), ("proxy.*.port", "80"), ("proxy.*.scheme", "tcp")]));
         let names: Vec<&str> = r.routes.iter().map(|s| s.alias.as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
     }
@@ -1161,8 +1162,6 @@ mod tests {
                 "label proxy.*.=\"x\": no field after the alias; expected proxy.<alias>.<field>",
                 "label proxy..port=\"1\": the alias is empty",
                 "label proxy.a.=\"x\": no field after the alias; expected proxy.<alias>.<field>",
-                "label proxy.myapp=\"scheme: tcp\": unknown label; expected proxy.aliases, proxy.exclude, \
-                 proxy.network or proxy.<alias>.<field> (whole routes as inline YAML are not supported)",
                 "label proxy.port=\"80\": port needs an alias: proxy.<alias>.port, proxy.#1.port or proxy.*.port",
             ]
         );
@@ -1170,7 +1169,7 @@ mod tests {
 
     #[test]
     fn bad_aliases_entries_are_errors() {
-        let r = parse(&host_view(&[("proxy.aliases", "ok,#2,*"), ("proxy.*.port", "80")]));
+        let r = parse(&host_view(&[("proxy.aliases", "ok,#2,*"), ("proxy.*.port", "80"), ("proxy.*.scheme", "tcp")]));
         assert_eq!(r.errors.len(), 2);
         assert_eq!(r.routes.len(), 1);
     }

@@ -17,6 +17,7 @@
 
 mod engine;
 mod error;
+pub mod godoxy;
 mod http;
 pub mod labels;
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use proxy_core::fields;
 
-use crate::labels::{ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject, parse_subject};
+use crate::labels::{ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject};
 
 /// The label Docker puts on a swarm task's container: the id of its service. A container
 /// carrying it is the service's business, not a route source of its own, while dockward
@@ -105,7 +105,7 @@ pub struct ServiceView {
 /// Every route's [`RouteSpec::source`](proxy_core::RouteSpec::source) is the service name.
 pub fn parse_service_labels(view: &ServiceView, self_networks: &[String]) -> ContainerRoutes {
     let subject = Subject { kind: "service", id: &view.id, name: &view.name, labels: &view.labels };
-    parse_subject(&subject, || service_targets(view, self_networks))
+    crate::godoxy::parse_subject(&subject, || service_targets(view, self_networks))
 }
 
 /// The hosts a service's routes forward to, sorted and without duplicates; empty when it has
@@ -291,19 +291,27 @@ mod tests {
     fn proxy_network_and_shared_networks_choose_the_address() {
         let tasks =
             vec![overlay_task("t1", &[("backend", "10.0.1.5"), ("front", "10.0.2.5"), ("shop_db", "10.0.3.5")])];
-        let v = service(&[("proxy.app.port", "80")], tasks.clone());
+        let v = service(&[("proxy.app.port", "80"), ("proxy.app.scheme", "tcp")], tasks.clone());
         assert_eq!(targets(&parse_service_labels(&v, &["front".into()])), vec![vec!["10.0.2.5:80".to_string()]]);
 
-        let v = service(&[("proxy.app.port", "80"), ("proxy.network", "front")], tasks.clone());
+        let v = service(
+            &[("proxy.app.port", "80"), ("proxy.app.scheme", "tcp"), ("proxy.network", "front")],
+            tasks.clone(),
+        );
         assert_eq!(targets(&parse_service_labels(&v, &["backend".into()])), vec![vec!["10.0.2.5:80".to_string()]]);
 
         let v = service(
-            &[("proxy.app.port", "80"), ("proxy.network", "db"), (STACK_NAMESPACE_LABEL, "shop")],
+            &[
+                ("proxy.app.port", "80"),
+                ("proxy.app.scheme", "tcp"),
+                ("proxy.network", "db"),
+                (STACK_NAMESPACE_LABEL, "shop"),
+            ],
             tasks.clone(),
         );
         assert_eq!(targets(&parse_service_labels(&v, &[])), vec![vec!["10.0.3.5:80".to_string()]]);
 
-        let v = service(&[("proxy.app.port", "80"), ("proxy.network", "frnt")], tasks);
+        let v = service(&[("proxy.app.port", "80"), ("proxy.app.scheme", "tcp"), ("proxy.network", "frnt")], tasks);
         let r = parse_service_labels(&v, &[]);
         assert!(r.routes.is_empty());
         assert_eq!(
