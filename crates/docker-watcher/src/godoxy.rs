@@ -275,7 +275,9 @@ fn flatten_into(prefix: &str, value: &serde_norway::Value, out: &mut Vec<(String
 /// `:1234` (GoDoxy: the OS picks the listen port) in dockward's spelling, `0:1234`.
 fn port_value(value: &str) -> String {
     match value.trim().strip_prefix(':') {
-        Some(target) if !target.contains(':') => format!("0:{}", target.trim()),
+        Some(target) if !target.trim().is_empty() && target.trim().bytes().all(|b| b.is_ascii_digit()) => {
+            format!("0:{}", target.trim())
+        }
         _ => value.to_string(),
     }
 }
@@ -315,7 +317,7 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
             pre.labels.insert(key.clone(), value.clone());
             continue;
         };
-        let mut rest = rest.trim().to_ascii_lowercase();
+        let mut rest = rest.to_ascii_lowercase();
         if let Some(r) = rest.strip_prefix('$') {
             rest = format!("#{r}");
         }
