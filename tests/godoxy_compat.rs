@@ -184,3 +184,57 @@ fn check_names_godoxy_http_routes_and_serves_the_stream_alias() {
     let all = format!("{stdout}{stderr}");
     assert!(all.contains("alias \"web\" makes no route: HTTP route (GoDoxy serves it); no stream route"), "{all}");
 }
+
+/// The `proxy.*` labels of each service of a compose file, as a map of labels per service.
+fn compose_labels(file: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let yaml = std::fs::read_to_string(workspace_root().join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+    let doc: Value = serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let services = doc.get("services").and_then(Value::as_mapping).unwrap_or_else(|| panic!("{file}: no services"));
+    services
+        .iter()
+        .map(|(name, service)| {
+            let labels = match service.get("labels") {
+                Some(Value::Mapping(m)) => m.iter().map(|(k, v)| (text(k), text(v))).collect(),
+                _ => BTreeMap::new(),
+            };
+            (text(name), labels)
+        })
+        .collect()
+}
+
+/// examples/godoxy/compose.yml makes the routes its header promises, and none for the
+/// aliases GoDoxy serves over HTTP or excludes.
+#[test]
+fn the_godoxy_example_compose_file_makes_its_documented_routes() {
+    let mut routes = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, (service, labels)) in compose_labels("examples/godoxy/compose.yml").into_iter().enumerate() {
+        let view = ContainerView {
+            id: format!("id{i}"),
+            name: service.clone(),
+            labels,
+            network_mode: "bridge".into(),
+            networks: [("bridge".to_string(), Some(format!("172.17.0.{}", i + 2).parse().expect("an IP")))]
+                .into_iter()
+                .collect(),
+            state: ContainerState::Running,
+        };
+        let r = parse_labels(&view, &[]);
+        assert!(r.errors.is_empty(), "{service}: {:?}", r.errors);
+        routes.extend(route_lines(&r));
+        skipped.extend(r.skipped.iter().map(|s| format!("{}: {}", s.alias, s.reason)));
+    }
+    assert_eq!(
+        routes,
+        [
+            "dns udp 0.0.0.0:53 -> 172.17.0.2:53",
+            "game udp 0.0.0.0:27015 -> 172.17.0.3:27015",
+            "git-ssh tcp 0.0.0.0:2223 -> 172.17.0.4:22",
+            "ssh tcp 0.0.0.0:2222 -> 172.17.0.5:22",
+        ]
+    );
+    assert_eq!(
+        skipped,
+        ["game-old: alias ends in -old; GoDoxy excludes it", "git: HTTP route (GoDoxy serves it); no stream route"]
+    );
+}
