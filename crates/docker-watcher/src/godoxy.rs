@@ -611,3 +611,72 @@ impl Prepassed {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn field_names_match_like_godoxys_deserializer() {
+        assert_eq!(canonical_field("Port"), "port");
+        assert_eq!(canonical_field("MaxConnsPerHost"), "max_conns_per_host");
+        assert_eq!(canonical_field("HealthCheck.Interval"), "healthcheck.interval");
+        assert_eq!(canonical_field("health_check"), "health_check", "dockward's own spelling stays dockward's");
+        assert_eq!(canonical_field("healthcheck.Disabled"), "healthcheck.disabled");
+        assert_eq!(canonical_field("prot"), "prot", "an unknown name is only lower-cased");
+    }
+
+    #[test]
+    fn port_forms() {
+        assert_eq!(port_value(":1234"), "0:1234");
+        assert_eq!(port_value(" : 22"), "0:22");
+        assert_eq!(port_value(":"), ":", "left for the grammar to reject as written");
+        assert_eq!(port_value(":x"), ":x");
+        assert_eq!(port_value("2222:22"), "2222:22");
+        for p in ["8080", ":8080", "0:8080", " 0 : 80 "] {
+            assert!(has_no_listen_port(p), "{p}");
+        }
+        for p in ["2222:22", "1-2:3-4", "27015-27020", "abc", "", "1:2:3"] {
+            assert!(!has_no_listen_port(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn inline_yaml_is_flattened_and_flat_labels_win() {
+        let pre = prepass(
+            "app",
+            &labels(&[
+                ("proxy.ssh", "port: 2222:22\nscheme: tcp\nallow: [10.0.0.0/8, 192.168.0.0/16]"),
+                ("proxy.ssh.scheme", "udp"),
+            ]),
+        );
+        assert_eq!(pre.labels.get("proxy.ssh.port").map(String::as_str), Some("2222:22"));
+        assert_eq!(pre.labels.get("proxy.ssh.scheme").map(String::as_str), Some("udp"));
+        assert_eq!(pre.labels.get("proxy.ssh.allow").map(String::as_str), Some("10.0.0.0/8, 192.168.0.0/16"));
+        assert!(pre.errors.is_empty());
+    }
+
+    #[test]
+    fn shortcuts_fill_by_position_and_refs_resolve() {
+        let pre = prepass(
+            "app",
+            &labels(&[("proxy.aliases", "A, b"), ("proxy.ports", "1:2, 3:4"), ("proxy.$2.Scheme", "udp")]),
+        );
+        assert_eq!(pre.labels.get("proxy.aliases").map(String::as_str), Some("a,b"));
+        assert_eq!(pre.labels.get("proxy.#1.port").map(String::as_str), Some("1:2"));
+        assert_eq!(pre.labels.get("proxy.#2.port").map(String::as_str), Some("3:4"));
+        assert_eq!(pre.labels.get("proxy.#2.scheme").map(String::as_str), Some("udp"));
+    }
+
+    #[test]
+    fn no_proxy_labels_means_no_rewrite() {
+        let l = labels(&[("com.docker.compose.project", "x")]);
+        let subject = Subject { kind: "container", id: "id", name: "Upper", labels: &l };
+        let out = parse_subject(&subject, || Ok(vec!["127.0.0.1".into()]));
+        assert!(out.routes.is_empty() && out.errors.is_empty() && out.skipped.is_empty());
+    }
+}
