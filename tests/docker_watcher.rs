@@ -165,7 +165,7 @@ async fn stop_removes_the_routes_and_restart_brings_them_back() {
 async fn a_paused_container_contributes_no_routes_until_unpaused() {
     let Some(engine) = TestEngine::connect("paused_container").await else { return };
     let mut w = Running::synced(config()).await;
-    let c = engine.run(&ContainerSpec::sleeper("pause", &[("proxy.p.port", "1234")])).await;
+    let c = engine.run(&ContainerSpec::sleeper("pause", &[("proxy.p.port", "1234"), ("proxy.p.scheme", "tcp")])).await;
     w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
 
     c.pause().await;
@@ -180,7 +180,8 @@ async fn a_paused_container_contributes_no_routes_until_unpaused() {
 async fn a_removed_container_is_gone() {
     let Some(engine) = TestEngine::connect("removed_container").await else { return };
     let mut w = Running::synced(config()).await;
-    let c = engine.run(&ContainerSpec::sleeper("destroy", &[("proxy.d.port", "4321")])).await;
+    let c =
+        engine.run(&ContainerSpec::sleeper("destroy", &[("proxy.d.port", "4321"), ("proxy.d.scheme", "tcp")])).await;
     w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
     c.remove().await;
     w.wait("the removed container gone", EVENT_DEADLINE, |s| !s.containers.contains_key(&c.id)).await;
@@ -191,7 +192,8 @@ async fn a_removed_container_is_gone() {
 async fn a_renamed_container_changes_the_source_of_its_routes() {
     let Some(engine) = TestEngine::connect("renamed_container").await else { return };
     let mut w = Running::synced(config()).await;
-    let mut c = engine.run(&ContainerSpec::sleeper("rename", &[("proxy.r.port", "4322")])).await;
+    let mut c =
+        engine.run(&ContainerSpec::sleeper("rename", &[("proxy.r.port", "4322"), ("proxy.r.scheme", "tcp")])).await;
     w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
     let new_name = format!("{}-renamed", c.name);
     c.rename(&new_name).await;
@@ -249,9 +251,14 @@ async fn bad_labels_on_one_container_do_not_affect_a_good_one() {
 async fn an_excluded_container_has_no_routes() {
     let Some(engine) = TestEngine::connect("excluded_container").await else { return };
     let mut w = Running::synced(config()).await;
-    let c =
-        engine.run(&ContainerSpec::sleeper("excluded", &[("proxy.exclude", "true"), ("proxy.x.port", "4323")])).await;
-    let marker = engine.run(&ContainerSpec::sleeper("marker", &[("proxy.m.port", "4324")])).await;
+    let c = engine
+        .run(&ContainerSpec::sleeper(
+            "excluded",
+            &[("proxy.exclude", "true"), ("proxy.x.port", "4323"), ("proxy.x.scheme", "tcp")],
+        ))
+        .await;
+    let marker =
+        engine.run(&ContainerSpec::sleeper("marker", &[("proxy.m.port", "4324"), ("proxy.m.scheme", "tcp")])).await;
     // The marker started after the excluded one: once it is seen, the excluded one was handled.
     let snap = w.wait("the marker", EVENT_DEADLINE, |s| has(s, &marker.name)).await;
     assert!(snap.by_name(&c.name).is_none_or(|e| e.excluded && e.routes.is_empty() && e.errors.is_empty()));
@@ -266,7 +273,11 @@ async fn start_event_to_snapshot_latency_is_printed() {
     let mut containers = Vec::new();
     for i in 0..STARTS {
         let port = format!("{}", 20000 + i);
-        containers.push(engine.create(&ContainerSpec::sleeper("latency", &[("proxy.l.port", &port)])).await);
+        containers.push(
+            engine
+                .create(&ContainerSpec::sleeper("latency", &[("proxy.l.port", &port), ("proxy.l.scheme", "tcp")]))
+                .await,
+        );
     }
     let mut after_return = Vec::new();
     let mut after_call = Vec::new();
@@ -310,7 +321,11 @@ async fn a_burst_of_starts_publishes_at_most_once_per_container() {
     let mut containers = Vec::new();
     for i in 0..count {
         let port = format!("{}", 21000 + i);
-        containers.push(engine.create(&ContainerSpec::sleeper("burst", &[("proxy.b.port", &port)])).await);
+        containers.push(
+            engine
+                .create(&ContainerSpec::sleeper("burst", &[("proxy.b.port", &port), ("proxy.b.scheme", "tcp")]))
+                .await,
+        );
     }
     let generation_before = w.rx.borrow().generation;
     let t0 = Instant::now();
@@ -391,7 +406,7 @@ async fn a_lost_engine_connection_is_retried_and_reconciled() {
     };
     let path = std::env::temp_dir().join(format!("dockward-test-{}.sock", run_id()));
     let proxy = SocketProxy::new(path.clone(), upstream);
-    let c = engine.run(&ContainerSpec::sleeper("lost", &[("proxy.l.port", "4325")])).await;
+    let c = engine.run(&ContainerSpec::sleeper("lost", &[("proxy.l.port", "4325"), ("proxy.l.scheme", "tcp")])).await;
 
     let mut w = Running::start(DockerConfig {
         host: Some(format!("unix://{}", path.display())),
@@ -428,9 +443,14 @@ async fn a_label_filter_limits_the_watcher_to_matching_containers() {
     let mut w =
         Running::synced(DockerConfig { label_filters: vec![filter, "dockward.test.pick=yes".to_string()], ..config() })
             .await;
-    let skipped = engine.run(&ContainerSpec::sleeper("unpicked", &[("proxy.u.port", "4326")])).await;
-    let picked =
-        engine.run(&ContainerSpec::sleeper("picked", &[("proxy.k.port", "4327"), ("dockward.test.pick", "yes")])).await;
+    let skipped =
+        engine.run(&ContainerSpec::sleeper("unpicked", &[("proxy.u.port", "4326"), ("proxy.u.scheme", "tcp")])).await;
+    let picked = engine
+        .run(&ContainerSpec::sleeper(
+            "picked",
+            &[("proxy.k.port", "4327"), ("proxy.k.scheme", "tcp"), ("dockward.test.pick", "yes")],
+        ))
+        .await;
     // Started after the unpicked one: once it is seen, the unpicked one's event would have been too.
     let snap = w.wait("the picked container", EVENT_DEADLINE, |s| has(s, &picked.name)).await;
     assert!(!has(&snap, &skipped.name));
