@@ -238,3 +238,54 @@ fn the_godoxy_example_compose_file_makes_its_documented_routes() {
         ["game-old: alias ends in -old; GoDoxy excludes it", "git: HTTP route (GoDoxy serves it); no stream route"]
     );
 }
+
+/// examples/godoxy/compose.yml's labels, unchanged, on real (host-network) containers of the
+/// engine: `dockward check --container` reads them from the engine and finds the routes the
+/// file promises, targets on loopback, and says why `git` and `game-old` make none. Nothing
+/// listens: the example's fixed ports are only checked. Needs Docker (SKIP without one).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_godoxy_example_runs_unchanged_on_real_containers() {
+    let Some(engine) = dockward_tests::docker::TestEngine::connect("godoxy_example").await else { return };
+    let mut containers = Vec::new();
+    for (service, labels) in compose_labels("examples/godoxy/compose.yml") {
+        let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let spec = dockward_tests::docker::ContainerSpec::sleeper(&format!("godoxy-{service}"), &pairs);
+        containers.push(engine.run(&spec).await);
+    }
+    let mut args = vec!["check".to_string()];
+    for c in &containers {
+        args.extend(["--container".to_string(), c.name.clone()]);
+    }
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if !host.is_empty() {
+        args.extend(["--docker-host".to_string(), host]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&refs);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| !l.starts_with("ALIAS") && !l.starts_with("note:") && !l.starts_with("ok:"))
+        .map(|l| l.split_whitespace().take(4).collect())
+        .collect();
+    let mut rows: Vec<String> = rows.iter().map(|r| r.join(" ")).collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            "dns udp 0.0.0.0:53 127.0.0.1:53",
+            "game udp 0.0.0.0:27015 127.0.0.1:27015",
+            "git-ssh tcp 0.0.0.0:2223 127.0.0.1:22",
+            "ssh tcp 0.0.0.0:2222 127.0.0.1:22",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("alias \"git\" makes no route: HTTP route (GoDoxy serves it); no stream route"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("alias \"game-old\" makes no route: alias ends in -old; GoDoxy excludes it"), "{stdout}");
+    engine.remove_all(&mut containers);
+}
