@@ -235,7 +235,10 @@ fn the_godoxy_example_compose_file_makes_its_documented_routes() {
     );
     assert_eq!(
         skipped,
-        ["game-old: alias ends in -old; GoDoxy excludes it", "git: HTTP route (GoDoxy serves it); no stream route"]
+        [
+            "game-old: alias ends in -old (a container mid-rename); GoDoxy excludes it",
+            "git: HTTP route (GoDoxy serves it); no stream route"
+        ]
     );
 }
 
@@ -286,6 +289,11 @@ async fn the_godoxy_example_runs_unchanged_on_real_containers() {
         stdout.contains("alias \"git\" makes no route: HTTP route (GoDoxy serves it); no stream route"),
         "{stdout}"
     );
-    assert!(stdout.contains("alias \"game-old\" makes no route: alias ends in -old; GoDoxy excludes it"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "alias \"game-old\" makes no route: alias ends in -old (a container mid-rename); GoDoxy excludes it"
+        ),
+        "{stdout}"
+    );
     engine.remove_all(&mut containers);
 }

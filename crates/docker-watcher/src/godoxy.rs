@@ -518,7 +518,8 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
         if alias.starts_with("x-") {
             pre.excluded.insert(alias.clone(), "alias starts with x- (a YAML anchor); GoDoxy excludes it".into());
         } else if alias.ends_with("-old") {
-            pre.excluded.insert(alias.clone(), "alias ends in -old; GoDoxy excludes it".into());
+            pre.excluded
+                .insert(alias.clone(), "alias ends in -old (a container mid-rename); GoDoxy excludes it".into());
         }
         let s = scheme.get(&alias).or(any_scheme.as_ref());
         let p = port.get(&alias).or(any_port.as_ref());
