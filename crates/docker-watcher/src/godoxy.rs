@@ -438,7 +438,9 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
                     Some(a.clone())
                 }
             };
-            pre.errors.push(LabelError::label(alias.as_deref(), &key, &value, reason));
+            // The label as written: for inline YAML or a shortcut, its whole value.
+            let written = labels.get(&key).unwrap_or(&value);
+            pre.errors.push(LabelError::label(alias.as_deref(), &key, written, reason));
         };
         match head {
             "agent" => refuse(
