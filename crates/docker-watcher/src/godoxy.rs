@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use proxy_core::fields;
+use route_spec::fields;
 use tracing::debug;
 
 use crate::labels::{ContainerRoutes, LABEL_PREFIX, LabelError, SkippedAlias, Subject, has_proxy_labels};
@@ -154,6 +154,8 @@ pub(crate) struct Prepassed {
     http: BTreeSet<String>,
     /// Set when the whole container is excluded, with why.
     container_excluded: Option<String>,
+    /// Rewritten key → the label key as written, so errors name the label the user wrote.
+    written: BTreeMap<String, String>,
 }
 
 /// Lower-case and without `_`: how GoDoxy's deserializer compares field names.
@@ -327,8 +329,9 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
                 .filter(|a| !a.is_empty())
                 .map(str::to_ascii_lowercase)
                 .collect();
-            listed = aliases.clone();
-            pre.labels.insert(format!("{LABEL_PREFIX}aliases"), aliases.join(","));
+            listed = aliases;
+            // Lower-cased in place: the grammar splits and trims it, and errors show it as written.
+            pre.labels.insert(format!("{LABEL_PREFIX}aliases"), value.to_ascii_lowercase());
             continue;
         }
         if CONTAINER_WIDE.contains(&rest.as_str()) {
@@ -422,7 +425,11 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
     // Pass 4: GoDoxy's fields mapped, dropped or refused.
     for (rest, (value, key)) in entries {
         let Some((sel, field)) = split_key(&rest, &listed) else {
-            pre.labels.insert(format!("{LABEL_PREFIX}{rest}"), value);
+            let rewritten = format!("{LABEL_PREFIX}{rest}");
+            if rewritten != key && labels.get(&key) == Some(&value) {
+                pre.written.insert(rewritten.clone(), key);
+            }
+            pre.labels.insert(rewritten, value);
             continue;
         };
         let head = field.split('.').next().unwrap_or(&field);
@@ -478,6 +485,10 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
             _ => {
                 pre.labels.insert(format!("{LABEL_PREFIX}{rest}"), value);
             }
+        }
+        let rewritten = format!("{LABEL_PREFIX}{rest}");
+        if rewritten != key && pre.labels.contains_key(&rewritten) && labels.get(&key) == pre.labels.get(&rewritten) {
+            pre.written.insert(rewritten, key);
         }
     }
 
@@ -588,6 +599,13 @@ impl Prepassed {
             return out;
         }
         let all_broken = self.broken.contains("*");
+        for e in &mut out.errors {
+            if let LabelError::Label { key, .. } = e
+                && let Some(original) = self.written.get(key)
+            {
+                *key = original.clone();
+            }
+        }
         let mut errors = self.errors;
         errors.append(&mut out.errors);
         out.errors = errors;
@@ -669,7 +687,7 @@ mod tests {
             "app",
             &labels(&[("proxy.aliases", "A, b"), ("proxy.ports", "1:2, 3:4"), ("proxy.$2.Scheme", "udp")]),
         );
-        assert_eq!(pre.labels.get("proxy.aliases").map(String::as_str), Some("a,b"));
+        assert_eq!(pre.labels.get("proxy.aliases").map(String::as_str), Some("a, b"));
         assert_eq!(pre.labels.get("proxy.#1.port").map(String::as_str), Some("1:2"));
         assert_eq!(pre.labels.get("proxy.#2.port").map(String::as_str), Some("3:4"));
         assert_eq!(pre.labels.get("proxy.#2.scheme").map(String::as_str), Some("udp"));

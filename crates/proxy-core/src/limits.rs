@@ -22,6 +22,9 @@ pub struct NofileLimit {
 /// Raises the soft open-file limit to the hard limit (or, when that is unlimited, to the
 /// kernel's `fs.nr_open`); a no-op when it is there already.
 ///
+/// Call it before any route starts: the UDP sessions' descriptor budget
+/// ([`crate::fd_budget`]) reads the limit once, when the first UDP route starts.
+///
 /// ```
 /// let limit = proxy_core::limits::raise_nofile_limit().expect("getrlimit works");
 /// assert!(limit.after >= limit.before && limit.after <= limit.hard);
@@ -52,6 +55,23 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     #[allow(clippy::useless_conversion)]
     let clamp = |v: libc::rlim_t| u64::try_from(v).unwrap_or(u64::MAX);
     Ok(NofileLimit { before: clamp(before), after: clamp(after), hard: clamp(hard) })
+}
+
+/// The soft `RLIMIT_NOFILE` now: how many descriptors this process may have open
+/// ([`u64::MAX`] when unlimited).
+#[cfg(unix)]
+pub fn nofile_soft_limit() -> io::Result<u64> {
+    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `current` is a valid rlimit for getrlimit to write.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if current.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(u64::MAX);
+    }
+    // rlim_t is u64 on Linux, but not on every unix.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::try_from(current.rlim_cur).unwrap_or(u64::MAX))
 }
 
 /// The kernel's ceiling on any process's descriptors (`/proc/sys/fs/nr_open`), on Linux.

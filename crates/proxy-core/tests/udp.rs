@@ -12,7 +12,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proxy_core::{ConnInfo, Direction, Hooks, Protocol, RouteOptions, RouteSpec, RouteTable, StatsSnapshot, Target};
+mod common;
+
+use common::child::{in_child, open_fds};
+use proxy_core::fd_budget::FdBudget;
+use proxy_core::{
+    ConnInfo, Direction, Hooks, Protocol, ProxyVersion, RouteOptions, RouteSpec, RouteTable, StatsSnapshot, Target,
+};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -678,11 +684,6 @@ async fn route_on_ipv6_loopback_forwards() {
 // Session sockets: descriptors, eviction, ICMP
 // ---------------------------------------------------------------------------------------
 
-/// How many descriptors this process has open.
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count()
-}
-
 /// The soft limit on open descriptors, from /proc/self/limits.
 fn fd_limit() -> usize {
     let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
@@ -709,8 +710,13 @@ fn target_health(table: &RouteTable, alias: &str) -> Vec<(bool, u64)> {
 
 #[tokio::test]
 async fn ten_thousand_sessions_open_expire_and_close_every_socket() {
-    // One upstream socket per session lives in this process: stay under the fd limit.
-    let sessions = 10_000.min(fd_limit().saturating_sub(500));
+    // Counts the whole process's descriptors: alone, in a child process.
+    if !in_child("ten_thousand_sessions_open_expire_and_close_every_socket") {
+        return;
+    }
+    // One upstream socket per session lives in this process: stay under the fd limit and
+    // within the sessions' descriptor budget.
+    let sessions = 10_000.min(fd_limit().saturating_sub(500)).min(FdBudget::global().capacity());
     if sessions < 10_000 {
         println!("note: the fd limit allows {sessions} sessions, not 10,000");
     }
@@ -748,6 +754,10 @@ async fn ten_thousand_sessions_open_expire_and_close_every_socket() {
 
 #[tokio::test]
 async fn evicted_sessions_close_their_sockets_and_the_rest_keep_theirs() {
+    // Counts the whole process's descriptors: alone, in a child process.
+    if !in_child("evicted_sessions_close_their_sockets_and_the_rest_keep_theirs") {
+        return;
+    }
     const CAP: usize = 50;
     const CLIENTS: usize = 200;
     let who = Upstream::start(LOCALHOST, Reply::WhoAmI).await;
@@ -814,5 +824,31 @@ async fn sessions_opened_before_and_after_an_idle_timeout_update_keep_their_own_
     tokio::time::resume();
     let s = stats(&table, "timeouts");
     assert_eq!((s.total, s.evicted), (2, 0));
+    table.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_datagram_too_large_for_its_proxy_v2_header_is_dropped_with_the_real_maximum_as_last_error() {
+    let upstream = Upstream::start(LOCALHOST, Reply::Echo).await;
+    let table = RouteTable::new();
+    let options = RouteOptions { proxy_protocol: Some(ProxyVersion::V2), ..RouteOptions::default() };
+    let route = udp_route("v2", any_port(LOCALHOST), vec![upstream.target()]).with_options(options);
+    let proxy = start(&table, vec![route]).await;
+    let client = client(LOCALHOST).await;
+
+    // 65,507 bytes in all: the most an IPv4 datagram carries.
+    client.send_to(&pattern(65_479), proxy).await.expect("send the largest that fits");
+    eventually("the largest datagram reached the target", || upstream.payloads().len() == 1).await;
+    assert_eq!(upstream.payloads()[0].len(), 28 + 65_479, "header and payload, whole");
+    assert_eq!(stats(&table, "v2").last_error, None);
+
+    client.send_to(&pattern(65_480), proxy).await.expect("send one byte more");
+    eventually("the oversized datagram is counted as dropped", || stats(&table, "v2").dropped == 1).await;
+    let s = stats(&table, "v2");
+    assert_eq!((s.datagrams_in, s.active), (1, 1), "the session stays");
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("datagram of 65480 bytes dropped: with the 28-byte PROXY header the target's socket takes at most 65479")
+    );
     table.shutdown().await;
 }

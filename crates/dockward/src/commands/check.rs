@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use docker_watcher::swarm::SWARM_SERVICE_ID_LABEL;
 use docker_watcher::{ContainerRoutes, DockerConfig};
-use proxy_core::{Family, RouteOptions, RouteSpec};
-use serde_json::Value;
+use proxy_core::{Family, RouteSpec};
 
 use crate::cli::CheckArgs;
 use crate::routes_file;
@@ -214,7 +213,7 @@ fn render(routes: &[RouteSpec]) -> String {
     let mut lines = vec![header];
     for r in routes {
         let targets: Vec<String> = r.targets.iter().map(|t| t.to_string()).collect();
-        let options = options_text(&r.options);
+        let options = route_spec::fields::options_text(&r.options);
         lines.push(vec![
             r.alias.clone(),
             r.scheme().to_string(),
@@ -237,34 +236,6 @@ fn render(routes: &[RouteSpec]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// `connect_timeout=2s drain_grace=5s`: the options that differ from their defaults, by
-/// name, read through the options' serde form so that every option the core gains shows.
-fn options_text(options: &RouteOptions) -> String {
-    let (Ok(Value::Object(set)), Ok(Value::Object(default))) =
-        (serde_json::to_value(options), serde_json::to_value(RouteOptions::default()))
-    else {
-        return String::new();
-    };
-    let parts: Vec<String> =
-        set.iter().filter(|(k, v)| default.get(*k) != Some(*v)).map(|(k, v)| format!("{k}={}", show(v))).collect();
-    parts.join(" ")
-}
-
-/// An option's value as a user would write it: `5s` for durations, `off` for none.
-fn show(value: &Value) -> String {
-    match value {
-        Value::Null => "off".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(","),
-        Value::Object(o) if o.len() == 2 && o.contains_key("secs") && o.contains_key("nanos") => {
-            let secs = o["secs"].as_u64().unwrap_or_default();
-            let nanos = o["nanos"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default();
-            humantime::format_duration(std::time::Duration::new(secs, nanos)).to_string()
-        }
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! ([`eventually`]) or by awaiting an I/O result under [`within`], never by sleeping.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod child;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
