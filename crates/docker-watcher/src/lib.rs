@@ -18,7 +18,6 @@
 
 mod engine;
 mod error;
-pub mod godoxy;
 mod http;
 pub mod labels;
 #[cfg(test)]

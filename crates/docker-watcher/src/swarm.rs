@@ -24,7 +24,9 @@ use std::net::IpAddr;
 use route_spec::fields;
 
 use crate::labels::target::{Pick, choose_network};
-use crate::labels::{ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject, SwarmTarget};
+use crate::labels::{
+    ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject, SwarmTarget, parse_subject,
+};
 
 /// The label Docker puts on a swarm task's container: the id of its service. A container
 /// carrying it is the service's business, not a route source of its own, while dockward
@@ -76,7 +78,7 @@ pub struct ServiceView {
 /// Every route's [`RouteSpec::source`](route_spec::RouteSpec::source) is the service name.
 pub fn parse_service_labels(view: &ServiceView, self_networks: &[String]) -> ContainerRoutes {
     let subject = Subject { kind: "service", id: &view.id, name: &view.name, labels: &view.labels };
-    crate::godoxy::parse_subject(&subject, || service_targets(view, self_networks))
+    parse_subject(&subject, || service_targets(view, self_networks))
 }
 
 /// The hosts a service's routes forward to, sorted and without duplicates; empty when it has

@@ -32,7 +32,7 @@ struct Setting {
 /// The container's state is not looked at: the watcher only asks about running containers,
 /// and `dockward check --container` wants the labels checked whatever the state.
 pub fn parse_labels(view: &ContainerView, self_networks: &[String]) -> ContainerRoutes {
-    crate::godoxy::parse_subject(&view.subject(), || resolve_target(view, self_networks).map(|host| vec![host]))
+    parse_subject(&view.subject(), || resolve_target(view, self_networks).map(|host| vec![host]))
 }
 
 /// The labels → routes function behind [`parse_labels`] and
@@ -42,6 +42,14 @@ pub fn parse_labels(view: &ContainerView, self_networks: &[String]) -> Container
 /// the labels hold routes. An empty list means "nothing to forward to right now" (a service
 /// without a running task): each such alias is skipped, not an error.
 pub(crate) fn parse_subject(
+    subject: &Subject<'_>,
+    targets: impl FnOnce() -> Result<Vec<String>, LabelError>,
+) -> ContainerRoutes {
+    super::godoxy::with_conventions(subject, |rewritten| parse_rewritten(rewritten, targets))
+}
+
+/// [`parse_subject`] once [`super::godoxy`] has rewritten the labels into this grammar.
+fn parse_rewritten(
     subject: &Subject<'_>,
     targets: impl FnOnce() -> Result<Vec<String>, LabelError>,
 ) -> ContainerRoutes {

@@ -1,4 +1,4 @@
-//! GoDoxy's label conventions, applied to a label map before [`crate::labels`] reads it.
+//! GoDoxy's label conventions, applied to a label map before [`crate::labels`]' grammar reads it.
 //!
 //! A container labelled for GoDoxy must work unchanged, and dockward beside GoDoxy must leave
 //! GoDoxy's HTTP routes alone. GoDoxy reads more than dockward's plain grammar; this module
@@ -36,21 +36,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use route_spec::fields;
 use tracing::debug;
 
-use crate::labels::{ContainerRoutes, LABEL_PREFIX, LabelError, SkippedAlias, Subject, has_proxy_labels};
+use super::keys::LABEL_PREFIX;
+use super::model::{ContainerRoutes, LabelError, SkippedAlias, Subject, has_proxy_labels};
 
-/// [`crate::labels::parse_subject`] with GoDoxy's conventions: the labels go through
+/// Runs `parse` (the label grammar) with GoDoxy's conventions: the labels go through
 /// [`prepass`] first, and the result through [`Prepassed::finish`].
-pub(crate) fn parse_subject(
+pub(crate) fn with_conventions(
     subject: &Subject<'_>,
-    targets: impl FnOnce() -> Result<Vec<String>, LabelError>,
+    parse: impl FnOnce(&Subject<'_>) -> ContainerRoutes,
 ) -> ContainerRoutes {
     if !has_proxy_labels(subject.labels) {
-        return crate::labels::parse_subject(subject, targets);
+        return parse(subject);
     }
     let pre = prepass(subject.name, subject.labels);
     let out = {
         let rewritten = Subject { kind: subject.kind, id: subject.id, name: subject.name, labels: &pre.labels };
-        crate::labels::parse_subject(&rewritten, targets)
+        parse(&rewritten)
     };
     pre.finish(out)
 }
@@ -697,7 +698,7 @@ mod tests {
     fn no_proxy_labels_means_no_rewrite() {
         let l = labels(&[("com.docker.compose.project", "x")]);
         let subject = Subject { kind: "container", id: "id", name: "Upper", labels: &l };
-        let out = parse_subject(&subject, || Ok(vec!["127.0.0.1".into()]));
+        let out = crate::labels::parse_subject(&subject, || Ok(vec!["127.0.0.1".into()]));
         assert!(out.routes.is_empty() && out.errors.is_empty() && out.skipped.is_empty());
     }
 }
