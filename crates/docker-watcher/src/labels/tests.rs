@@ -389,7 +389,7 @@ fn odd_keys_are_errors_not_panics() {
         errors(&r),
         vec![
             "label proxy.=\"x\": unknown label; expected proxy.aliases, proxy.exclude, proxy.network or \
-             proxy.<alias>.<field> (whole routes as inline YAML are not supported)",
+             proxy.<alias>.<field> (or proxy.<alias> holding a YAML mapping of fields)",
             "label proxy.#=\"x\": # is not an alias number; expected proxy.#N.<field> with N from 1",
             "label proxy.*.=\"x\": no field after the alias; expected proxy.<alias>.<field>",
             "label proxy..port=\"1\": the alias is empty",
