@@ -53,4 +53,5 @@ pub use route_spec::{
     Protocol, ProxyVersion, RouteId, RouteOptions, RouteSpec, Scheme, SpecError, Target,
 };
 pub use stats::{RouteState, RouteStatus, StatsSnapshot, TargetStatus};
+pub use table::plan::clash::{Clash, clashes};
 pub use table::{ApplyReport, RouteTable};
