@@ -110,7 +110,11 @@ async fn start_event_to_snapshot_latency_is_printed() {
     let mut containers = Vec::new();
     for i in 0..STARTS {
         let port = format!("{}", 20000 + i);
-        containers.push(engine.create(&ContainerSpec::sleeper("latency", &[("proxy.l.port", &port)])).await);
+        containers.push(
+            engine
+                .create(&ContainerSpec::sleeper("latency", &[("proxy.l.port", &port), ("proxy.l.scheme", "tcp")]))
+                .await,
+        );
     }
     let mut after_return = Vec::new();
     let mut after_call = Vec::new();
@@ -154,7 +158,11 @@ async fn a_burst_of_starts_publishes_at_most_once_per_container() {
     let mut containers = Vec::new();
     for i in 0..count {
         let port = format!("{}", 21000 + i);
-        containers.push(engine.create(&ContainerSpec::sleeper("burst", &[("proxy.b.port", &port)])).await);
+        containers.push(
+            engine
+                .create(&ContainerSpec::sleeper("burst", &[("proxy.b.port", &port), ("proxy.b.scheme", "tcp")]))
+                .await,
+        );
     }
     let generation_before = w.rx.borrow().generation;
     let t0 = Instant::now();
@@ -280,7 +288,7 @@ on_each_engine! {
 
     async fn a_paused_container_contributes_no_routes_until_unpaused(engine) {
         let mut w = Running::synced(config(&engine)).await;
-        let c = engine.run(&ContainerSpec::sleeper("pause", &[("proxy.p.port", "1234")])).await;
+        let c = engine.run(&ContainerSpec::sleeper("pause", &[("proxy.p.port", "1234"), ("proxy.p.scheme", "tcp")])).await;
         w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
 
         c.pause().await;
@@ -293,7 +301,7 @@ on_each_engine! {
 
     async fn a_removed_container_is_gone(engine) {
         let mut w = Running::synced(config(&engine)).await;
-        let c = engine.run(&ContainerSpec::sleeper("destroy", &[("proxy.d.port", "4321")])).await;
+        let c = engine.run(&ContainerSpec::sleeper("destroy", &[("proxy.d.port", "4321"), ("proxy.d.scheme", "tcp")])).await;
         w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
         c.remove().await;
         w.wait("the removed container gone", EVENT_DEADLINE, |s| !s.containers.contains_key(&c.id)).await;
@@ -302,7 +310,7 @@ on_each_engine! {
 
     async fn a_renamed_container_changes_the_source_of_its_routes(engine) {
         let mut w = Running::synced(config(&engine)).await;
-        let mut c = engine.run(&ContainerSpec::sleeper("rename", &[("proxy.r.port", "4322")])).await;
+        let mut c = engine.run(&ContainerSpec::sleeper("rename", &[("proxy.r.port", "4322"), ("proxy.r.scheme", "tcp")])).await;
         w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
         let new_name = format!("{}-renamed", c.name);
         c.rename(&new_name).await;
@@ -357,8 +365,8 @@ on_each_engine! {
     async fn an_excluded_container_has_no_routes(engine) {
         let mut w = Running::synced(config(&engine)).await;
         let c =
-            engine.run(&ContainerSpec::sleeper("excluded", &[("proxy.exclude", "true"), ("proxy.x.port", "4323")])).await;
-        let marker = engine.run(&ContainerSpec::sleeper("marker", &[("proxy.m.port", "4324")])).await;
+            engine.run(&ContainerSpec::sleeper("excluded", &[("proxy.exclude", "true"), ("proxy.x.port", "4323"), ("proxy.x.scheme", "tcp")])).await;
+        let marker = engine.run(&ContainerSpec::sleeper("marker", &[("proxy.m.port", "4324"), ("proxy.m.scheme", "tcp")])).await;
         // The marker started after the excluded one: once it is seen, the excluded one was handled.
         let snap = w.wait("the marker", EVENT_DEADLINE, |s| has(s, &marker.name)).await;
         assert!(snap.by_name(&c.name).is_none_or(|e| e.excluded && e.routes.is_empty() && e.errors.is_empty()));
@@ -376,7 +384,7 @@ on_each_engine! {
         };
         let path = std::env::temp_dir().join(format!("dockward-test-{}-{:?}.sock", run_id(), engine.kind));
         let proxy = SocketProxy::new(path.clone(), upstream);
-        let c = engine.run(&ContainerSpec::sleeper("lost", &[("proxy.l.port", "4325")])).await;
+        let c = engine.run(&ContainerSpec::sleeper("lost", &[("proxy.l.port", "4325"), ("proxy.l.scheme", "tcp")])).await;
 
         let mut w = Running::start(DockerConfig {
             host: Some(format!("unix://{}", path.display())),
@@ -411,9 +419,9 @@ on_each_engine! {
         let mut w =
             Running::synced(DockerConfig { label_filters: vec![filter, "dockward.test.pick=yes".to_string()], ..config(&engine) })
                 .await;
-        let skipped = engine.run(&ContainerSpec::sleeper("unpicked", &[("proxy.u.port", "4326")])).await;
+        let skipped = engine.run(&ContainerSpec::sleeper("unpicked", &[("proxy.u.port", "4326"), ("proxy.u.scheme", "tcp")])).await;
         let picked =
-            engine.run(&ContainerSpec::sleeper("picked", &[("proxy.k.port", "4327"), ("dockward.test.pick", "yes")])).await;
+            engine.run(&ContainerSpec::sleeper("picked", &[("proxy.k.port", "4327"), ("proxy.k.scheme", "tcp"), ("dockward.test.pick", "yes")])).await;
         // Started after the unpicked one: once it is seen, the unpicked one's event would have been too.
         let snap = w.wait("the picked container", EVENT_DEADLINE, |s| has(s, &picked.name)).await;
         assert!(!has(&snap, &skipped.name));

@@ -258,19 +258,27 @@ mod tests {
     fn proxy_network_and_shared_networks_choose_the_address() {
         let tasks =
             vec![overlay_task("t1", &[("backend", "10.0.1.5"), ("front", "10.0.2.5"), ("shop_db", "10.0.3.5")])];
-        let v = service(&[("proxy.app.port", "80")], tasks.clone());
+        let v = service(&[("proxy.app.port", "80"), ("proxy.app.scheme", "tcp")], tasks.clone());
         assert_eq!(targets(&parse_service_labels(&v, &["front".into()])), vec![vec!["10.0.2.5:80".to_string()]]);
 
-        let v = service(&[("proxy.app.port", "80"), ("proxy.network", "front")], tasks.clone());
+        let v = service(
+            &[("proxy.app.port", "80"), ("proxy.app.scheme", "tcp"), ("proxy.network", "front")],
+            tasks.clone(),
+        );
         assert_eq!(targets(&parse_service_labels(&v, &["backend".into()])), vec![vec!["10.0.2.5:80".to_string()]]);
 
         let v = service(
-            &[("proxy.app.port", "80"), ("proxy.network", "db"), (STACK_NAMESPACE_LABEL, "shop")],
+            &[
+                ("proxy.app.port", "80"),
+                ("proxy.app.scheme", "tcp"),
+                ("proxy.network", "db"),
+                (STACK_NAMESPACE_LABEL, "shop"),
+            ],
             tasks.clone(),
         );
         assert_eq!(targets(&parse_service_labels(&v, &[])), vec![vec!["10.0.3.5:80".to_string()]]);
 
-        let v = service(&[("proxy.app.port", "80"), ("proxy.network", "frnt")], tasks);
+        let v = service(&[("proxy.app.port", "80"), ("proxy.app.scheme", "tcp"), ("proxy.network", "frnt")], tasks);
         let r = parse_service_labels(&v, &[]);
         assert!(r.routes.is_empty());
         assert_eq!(

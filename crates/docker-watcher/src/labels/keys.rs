@@ -200,7 +200,7 @@ pub(super) fn unknown_container_label(name: &str) -> String {
             format!("{name} needs an alias: proxy.<alias>.{name}, proxy.#1.{name} or proxy.*.{name}")
         }
         None => "unknown label; expected proxy.aliases, proxy.exclude, proxy.network or proxy.<alias>.<field> \
-                 (whole routes as inline YAML are not supported)"
+                 (or proxy.<alias> holding a YAML mapping of fields)"
             .to_string(),
     }
 }

@@ -45,6 +45,14 @@ pub(crate) fn parse_subject(
     subject: &Subject<'_>,
     targets: impl FnOnce() -> Result<Vec<String>, LabelError>,
 ) -> ContainerRoutes {
+    super::godoxy::with_conventions(subject, |rewritten| parse_rewritten(rewritten, targets))
+}
+
+/// [`parse_subject`] once [`super::godoxy`] has rewritten the labels into this grammar.
+fn parse_rewritten(
+    subject: &Subject<'_>,
+    targets: impl FnOnce() -> Result<Vec<String>, LabelError>,
+) -> ContainerRoutes {
     let mut out = ContainerRoutes::empty(subject);
     if !has_proxy_labels(subject.labels) {
         return out;

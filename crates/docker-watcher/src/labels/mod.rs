@@ -31,6 +31,7 @@
 //! labels to routes), [`target`] (target resolution and the network choice shared with
 //! swarm services), and the values they work on ([`model`]).
 
+pub mod godoxy;
 mod keys;
 mod merge;
 mod model;

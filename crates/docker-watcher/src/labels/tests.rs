@@ -62,7 +62,7 @@ fn aliases_by_name_with_listen_and_target_ports() {
 
 #[test]
 fn aliases_may_be_separated_by_spaces_or_commas() {
-    let r = parse(&host_view(&[("proxy.aliases", "a b,c ,, d"), ("proxy.*.port", "80")]));
+    let r = parse(&host_view(&[("proxy.aliases", "a b,c ,, d"), ("proxy.*.port", "80"), ("proxy.*.scheme", "tcp")]));
     let names: Vec<&str> = r.routes.iter().map(|s| s.alias.as_str()).collect();
     assert_eq!(names, ["a", "b", "c", "d"]);
 }
@@ -389,13 +389,11 @@ fn odd_keys_are_errors_not_panics() {
         errors(&r),
         vec![
             "label proxy.=\"x\": unknown label; expected proxy.aliases, proxy.exclude, proxy.network or \
-             proxy.<alias>.<field> (whole routes as inline YAML are not supported)",
+             proxy.<alias>.<field> (or proxy.<alias> holding a YAML mapping of fields)",
             "label proxy.#=\"x\": # is not an alias number; expected proxy.#N.<field> with N from 1",
             "label proxy.*.=\"x\": no field after the alias; expected proxy.<alias>.<field>",
             "label proxy..port=\"1\": the alias is empty",
             "label proxy.a.=\"x\": no field after the alias; expected proxy.<alias>.<field>",
-            "label proxy.myapp=\"scheme: tcp\": unknown label; expected proxy.aliases, proxy.exclude, \
-             proxy.network or proxy.<alias>.<field> (whole routes as inline YAML are not supported)",
             "label proxy.port=\"80\": port needs an alias: proxy.<alias>.port, proxy.#1.port or proxy.*.port",
         ]
     );
@@ -403,7 +401,7 @@ fn odd_keys_are_errors_not_panics() {
 
 #[test]
 fn bad_aliases_entries_are_errors() {
-    let r = parse(&host_view(&[("proxy.aliases", "ok,#2,*"), ("proxy.*.port", "80")]));
+    let r = parse(&host_view(&[("proxy.aliases", "ok,#2,*"), ("proxy.*.port", "80"), ("proxy.*.scheme", "tcp")]));
     assert_eq!(r.errors.len(), 2);
     assert_eq!(r.routes.len(), 1);
 }
