@@ -22,8 +22,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod acl;
 mod balance;
+pub mod client_limits;
 mod error;
 pub mod fd_budget;
 pub mod fields;
@@ -35,8 +37,10 @@ mod route;
 mod stats;
 mod table;
 
+pub use access_log::{AccessEvent, AccessLog, Outcome};
 pub use acl::Acl;
 pub use balance::{Balance, HealthCheck};
+pub use client_limits::{ClientLimits, Rate};
 pub use error::{DialError, RouteError};
 pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
 pub use ipnet::IpNet;

@@ -41,6 +41,9 @@ pub struct RouteStats {
     /// TCP connections closed for a missing, invalid or late PROXY header, or for coming
     /// from an untrusted peer when a header is required.
     pub proxy_header_errors: AtomicU64,
+    /// Clients over a per-client limit (`max_connections_per_ip`, `rate_limit`): TCP
+    /// connections closed at accept, UDP datagrams that would have opened a session.
+    pub limited: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -78,6 +81,7 @@ impl RouteStats {
             dropped: self.dropped.load(Relaxed),
             denied: self.denied.load(Relaxed),
             proxy_header_errors: self.proxy_header_errors.load(Relaxed),
+            limited: self.limited.load(Relaxed),
             last_error: self.last_error(),
         }
     }
@@ -112,6 +116,9 @@ pub struct StatsSnapshot {
     /// TCP connections closed for a missing, invalid, late or untrusted PROXY header.
     #[serde(default)]
     pub proxy_header_errors: u64,
+    /// Clients over a per-client limit.
+    #[serde(default)]
+    pub limited: u64,
     /// The latest error text.
     pub last_error: Option<String>,
 }

@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::access_log::AccessLog;
 use crate::acl::{Acl, display_nets};
 use crate::balance::Backoff;
+use crate::client_limits::ClientTable;
 use crate::error::RouteError;
 use crate::forward::{self, Live, RouteCtx};
 use crate::route::{Family, Protocol, RouteId, RouteSpec};
@@ -61,6 +63,8 @@ pub struct RouteTable {
     picked_ports: Mutex<PickedPorts>,
     /// How long a failed target is skipped; see [`RouteTable::with_target_backoff`].
     backoff: Backoff,
+    /// Where routes started from now on send their access-log events.
+    access_log: Mutex<Option<AccessLog>>,
 }
 
 /// Remembered OS-picked ports, bounded so route churn cannot grow it without end.
@@ -116,6 +120,8 @@ struct Running {
     tracker: TaskTracker,
     /// The listener task; it has dropped its socket when this completes.
     serve: JoinHandle<()>,
+    /// The route's per-client state.
+    clients: Arc<ClientTable>,
 }
 
 impl Default for RouteTable {
@@ -137,7 +143,29 @@ impl RouteTable {
             global_acl: Mutex::new(Arc::new(Acl::open())),
             picked_ports: Mutex::new(PickedPorts::default()),
             backoff: Backoff::default(),
+            access_log: Mutex::new(None),
         }
+    }
+
+    /// Sends an [`AccessEvent`](crate::AccessEvent) for every TCP connection and UDP session
+    /// that ends (and every client refused) to `log`, for each route whose `access_log` is
+    /// on. Routes started before this call keep what they had: set it before the first
+    /// apply.
+    pub fn set_access_log(&self, log: Option<AccessLog>) {
+        *self.access_log.lock().unwrap_or_else(|p| p.into_inner()) = log;
+    }
+
+    /// The access log's sink, if one is set.
+    pub fn access_log(&self) -> Option<AccessLog> {
+        self.access_log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many clients the per-client limits of the route `id` track now; `None` when it
+    /// is not serving. For tests of the table's bound.
+    #[doc(hidden)]
+    pub fn tracked_clients(&self, id: &RouteId) -> Option<usize> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(id)?.running.as_ref().map(|r| r.clients.len())
     }
 
     /// The same table with another passive-health backoff: a target that fails is skipped
@@ -379,6 +407,8 @@ impl RouteTable {
         let stop_accepting = CancellationToken::new();
         let close_conns = self.root().child_token();
         let tracker = TaskTracker::new();
+        let access_log = self.access_log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let clients = Arc::new(ClientTable::default());
         let make_ctx = |bound| RouteCtx {
             alias: Arc::from(spec.alias.as_str()),
             protocol: spec.protocol,
@@ -388,6 +418,8 @@ impl RouteTable {
             stop_accepting: stop_accepting.clone(),
             close_conns: close_conns.clone(),
             tracker: tracker.clone(),
+            access_log: access_log.clone(),
+            clients: clients.clone(),
         };
         // A port-0 route that ran before asks for the port it had, and takes any if that
         // one is gone.
@@ -416,7 +448,7 @@ impl RouteTable {
         if spec.listen.port() == 0 {
             self.picked_ports.lock().unwrap_or_else(|p| p.into_inner()).remember(&id, bound.port());
         }
-        Ok(Running { bound, live, stop_accepting, close_conns, tracker, serve })
+        Ok(Running { bound, live, stop_accepting, close_conns, tracker, serve, clients })
     }
 
     /// Stops a route without waiting: the listener is told to close at once, open
