@@ -69,6 +69,7 @@ struct Counts {
     udp_dropped: u64,
     denied: u64,
     proxy_header_errors: u64,
+    limited: u64,
 }
 
 #[derive(Debug)]
@@ -112,6 +113,7 @@ impl Collector for RouteCollector {
             c.udp_dropped += s.dropped;
             c.denied += s.denied;
             c.proxy_header_errors += s.proxy_header_errors;
+            c.limited += s.limited;
         }
 
         gauge(
@@ -171,6 +173,24 @@ impl Collector for RouteCollector {
             "TCP connections closed for a missing, invalid, late or untrusted PROXY header",
             |c| c.proxy_header_errors,
         )?;
+        counter(
+            &mut encoder,
+            &routes,
+            all,
+            "route_limited",
+            "clients over max_connections_per_ip or rate_limit (TCP connections, UDP datagrams)",
+            |c| c.limited,
+        )?;
+        if let Some(log) = self.view.table().access_log() {
+            let dropped = ConstCounter::new(log.dropped());
+            let family = encoder.encode_descriptor(
+                "access_log_dropped",
+                "access-log lines dropped because the writer fell behind",
+                None,
+                dropped.metric_type(),
+            )?;
+            dropped.encode(family)?;
+        }
 
         let errors = self.view.provider_errors();
         let mut by_source: BTreeMap<String, i64> = BTreeMap::new();

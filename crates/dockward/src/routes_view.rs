@@ -60,6 +60,9 @@ pub struct RouteRow {
     /// TCP connections closed for a missing, invalid, late or untrusted PROXY header.
     #[serde(default)]
     pub proxy_header_errors: u64,
+    /// Clients over a per-client limit (`max_connections_per_ip`, `rate_limit`).
+    #[serde(default)]
+    pub limited: u64,
     /// The latest error seen on the data path (a failed dial), even while listening.
     pub last_error: Option<String>,
     /// When the route entered the table (RFC 3339, UTC); `null` for a provider error.
@@ -123,6 +126,7 @@ impl RouteRow {
             dropped: s.dropped,
             denied: s.denied,
             proxy_header_errors: s.proxy_header_errors,
+            limited: s.limited,
             last_error: s.last_error.clone(),
             since: Some(humantime::format_rfc3339_seconds(status.since).to_string()),
             age_seconds: Some(now.duration_since(status.since).unwrap_or_default().as_secs()),
@@ -153,6 +157,7 @@ impl RouteRow {
             dropped: 0,
             denied: 0,
             proxy_header_errors: 0,
+            limited: 0,
             last_error: None,
             since: None,
             age_seconds: None,

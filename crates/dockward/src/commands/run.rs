@@ -1,12 +1,14 @@
 //! `dockward run`: providers → controller → route table, plus the admin API, until a signal.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access_log;
 use crate::admin::{self, AdminListener};
 use crate::cli::RunArgs;
 use crate::controller::Controller;
@@ -48,12 +50,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller = Controller::new(providers);
     // Before the first apply, so no route ever serves without the global ACL.
     controller.view().table().set_global_acl(global_acl);
+    let access_log = match args.access_log {
+        Some(destination) => {
+            let (sink, writer) = access_log::Writer::start(destination, args.access_log_format)?;
+            controller.view().table().set_access_log(Some(sink));
+            Some(writer)
+        }
+        None => None,
+    };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(listener, controller.view(), admin_stop.clone()));
     info!(admin = %bound, "admin API listening");
     if let Some(file) = &args.admin_addr_file {
         admin::write_addr_file(file, &bound)?;
     }
+    let view = controller.view();
     let mut controller_task = tokio::spawn(controller.run(shutdown.clone()));
 
     let first = tokio::select! {
@@ -74,6 +85,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     admin_stop.cancel();
     let _ = admin_task.await;
+    if let Some(writer) = access_log {
+        // The routes are stopped: with the table's sink gone, the writer ends once it has
+        // written what is queued.
+        view.table().set_access_log(None);
+        writer.finish(ACCESS_LOG_FINISH).await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -120,6 +137,9 @@ fn raise_nofile_limit() {
         Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
     }
 }
+
+/// How long the access-log writer may take, at exit, to write what is queued.
+const ACCESS_LOG_FINISH: Duration = Duration::from_secs(5);
 
 /// Below this many descriptors, `dockward run` warns at start.
 const LOW_NOFILE: u64 = 4096;
