@@ -8,8 +8,8 @@
 #   bash bench/access-log.sh               # 6 rounds of 2 s each
 #   BENCH_AL_ROUNDS=10 BENCH_AL_SECS=3 bash bench/access-log.sh
 #
-# Uses target/release/dockward (BENCH_DOCKWARD_BIN to override) and bench/loadgen, building
-# them when missing. One JSON line per measurement goes to bench/out/access-log.jsonl.
+# Uses target/release/dockward (BENCH_DOCKWARD_BIN to override) and bench/loadgen
+# (BENCH_LOADGEN_BIN to override), building them when missing. One JSON line per measurement goes to bench/out/access-log.jsonl.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -18,7 +18,7 @@ ROUNDS=${BENCH_AL_ROUNDS:-6}
 SECS=${BENCH_AL_SECS:-2}
 CONC=${BENCH_CHURN_CONCURRENCY:-50}
 DW=${BENCH_DOCKWARD_BIN:-$ROOT/target/release/dockward}
-LG=$BENCH/loadgen/target/release/loadgen
+LG=${BENCH_LOADGEN_BIN:-$BENCH/loadgen/target/release/loadgen}
 OUT=$BENCH/out/access-log.jsonl
 
 log() { printf '[access-log bench] %s\n' "$*" >&2; }

@@ -182,9 +182,14 @@ impl Output {
 
 /// Lines written per write call at most.
 const BATCH_BYTES: usize = 64 * 1024;
+/// How long the writer rests after a write before it looks at the queue again. Waking the
+/// writer for every line would cost each connection a thread wake-up and a write(2); resting
+/// lets lines gather (up to [`QUEUE`] of them: hundreds of thousands a second) and go out
+/// together, at most this late.
+const REST: Duration = Duration::from_millis(25);
 
 /// The writer thread: takes what is queued, writes it in one call, reopens the file when
-/// asked; ends when every sender is gone.
+/// asked, rests; ends when every sender is gone.
 fn run(
     mut rx: mpsc::Receiver<AccessEvent>,
     mut out: Output,
@@ -217,6 +222,7 @@ fn run(
             }
         }
         buf.clear();
+        std::thread::sleep(REST);
     }
 }
 
