@@ -76,6 +76,11 @@ bench:
 fmt:
 	$(CARGO) fmt --all
 
+# Module cycles: scripts/module_cycles.rs, compiled with plain rustc (no dependency, ~1 s),
+# fails when the modules of any crate depend on each other in a cycle.
+LINT_DIR = $${CARGO_TARGET_DIR:-target}/lint
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@mkdir -p "$(LINT_DIR)" && rustc --edition 2021 -O scripts/module_cycles.rs -o "$(LINT_DIR)/module_cycles"
+	"$(LINT_DIR)/module_cycles" crates/*/src tests/common

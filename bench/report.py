@@ -4,6 +4,7 @@
   report.py mem PGID              RSS and PSS summed over a process group, as one JSON object
   report.py iperf FILE            one iperf3 -J result reduced to {"bps": ...}
   report.py sockperf FILE         a sockperf ping-pong --full-rtt log reduced to p50/p99 (us)
+  report.py strace FILE           an `strace -c` summary reduced to {"calls": {name: n}, "errors": {name: n}}
   report.py table RESULTS.jsonl   the markdown report (machine, table, details) on stdout
 
 Each line of RESULTS.jsonl is {"target": ..., "scenario": ..., ...measurement fields...}.
@@ -64,6 +65,23 @@ def iperf(path: str) -> dict:
         "sent_bps": end["sum_sent"]["bits_per_second"],
         "duration_s": received.get("seconds"),
     }
+
+
+def strace_summary(path: str) -> dict:
+    """`strace -c -f` output: calls and errors per system call name."""
+    calls, errors = {}, {}
+    for line in open(path, errors="replace"):
+        f = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(f) < 5 or not f[0][0].isdigit() or f[-1] == "total":
+            continue
+        try:
+            calls[f[-1]] = int(f[3])
+            if len(f) == 6:
+                errors[f[-1]] = int(f[4])
+        except ValueError:
+            continue
+    return {"calls": calls, "errors": errors}
 
 
 def sockperf(path: str) -> dict:
@@ -250,6 +268,26 @@ def build_metrics(rows):
         )
     )
 
+    def per_conn_of(key):
+        def f(rs):
+            return median([r[key] / r["conns"] for r in rs if r.get(key) is not None and r.get("conns")])
+
+        return f
+
+    sc = per_target("churn", per_conn_of("syscalls"))
+    metrics.append(
+        Metric(
+            "  churn: system calls per connection (proxy, perf)",
+            sc,
+            False,
+            "{:.1f}",
+            target_note="≤ HAProxy (issue 17)",
+        )
+    )
+    metrics.append(
+        Metric("  churn: context switches per connection (proxy, perf)", per_target("churn", per_conn_of("cswitches")), False, "{:.3f}")
+    )
+
     # 4. idle TCP, 5. UDP sessions: memory per connection / session
     def per_conn(rs, count_key, use_pss=False):
         r = rs[-1]
@@ -304,6 +342,8 @@ def target_check(m: Metric):
         return f"{note}: {'met' if d >= 1.2 * best else 'missed'}"
     if note.startswith("≥ 2 × nginx") and m.values.get("nginx"):
         return f"{note}: {'met' if d >= 2 * m.values['nginx'] else 'missed'}"
+    if note.startswith("≤ HAProxy") and m.values.get("haproxy"):
+        return f"{note}: {'met' if d <= m.values['haproxy'] else 'missed'} ({d / m.values['haproxy']:.2f} × HAProxy)"
     if note.startswith("≤ 2,048"):
         return f"{note}: {'met' if d <= 2048 else 'missed'}"
     if note.startswith("≤ 512"):
@@ -424,6 +464,33 @@ def table(path):
         w("Not measured in this run (see notes).")
     w("")
 
+    # System calls by name during churn (strace -c, a separate short round per proxy).
+    st = {t: by[("syscalls", t)][-1] for t in TARGETS if ("syscalls", t) in by}
+    if st:
+        w("## System calls per churn connection, by name")
+        w("")
+        w("`strace -c -f` attached to each proxy during one short churn round of its own (strace slows the proxy, "
+          "so these rounds are not in the rates above); calls per connection, errors (EAGAIN, EINPROGRESS) in "
+          "brackets.")
+        w("")
+        names = sorted({n for r in st.values() for n in r.get("calls", {})},
+                       key=lambda n: -max(r.get("calls", {}).get(n, 0) / max(r.get("conns", 1), 1) for r in st.values()))
+        display = {"direct": "direct", "dockward": "dockward", "haproxy": "HAProxy", "nginx": "nginx", "socat": "socat"}
+        w("| system call | " + " | ".join(display.get(t, t) for t in st) + " |")
+        w("| --- | " + " | ".join("---:" for _ in st) + " |")
+        for n in names:
+            cells = []
+            for r in st.values():
+                c, e, k = r.get("calls", {}).get(n, 0), r.get("errors", {}).get(n, 0), max(r.get("conns", 1), 1)
+                cells.append("–" if c == 0 else f"{c / k:.2f}" + (f" ({e / k:.2f})" if e else ""))
+            if all(x == "–" or float(x.split()[0]) < 0.005 for x in cells):
+                continue
+            w(f"| {n} | " + " | ".join(cells) + " |")
+        totals = [f"**{sum(r.get('calls', {}).values()) / max(r.get('conns', 1), 1):.1f}**" for r in st.values()]
+        w("| total | " + " | ".join(totals) + " |")
+        w("| connections traced | " + " | ".join(f"{r.get('conns', 0):,}" for r in st.values()) + " |")
+        w("")
+
     # Notes: setup and anything skipped.
     w("## What ran")
     w("")
@@ -446,7 +513,10 @@ def table(path):
       "connection lifetime. 'Connections per proxy CPU-second': the connections of a round divided by the "
       "user + system CPU time the proxy's processes (with socat's reaped forks) used during it, from "
       "/proc/PID/stat; when the one-CPU load generator caps conns/s for every target, this is what still "
-      "ranks the proxies: the rate one CPU of proxy could carry.")
+      "ranks the proxies: the rate one CPU of proxy could carry. 'System calls per connection': every system "
+      "call the proxy's processes entered during the same rounds (perf stat, the raw_syscalls:sys_enter "
+      "tracepoint: counted in the kernel, without slowing the proxy), divided by the connections; "
+      "not for socat, whose forks are new processes.")
     w("- Bulk per CPU-second: bytes moved over the proxy's CPU time in the same iperf3 runs, median over all "
       "four bulk configurations.")
     w("- UDP rate: one client socket (one proxy session) sends paced datagrams with sequence numbers; a step "
@@ -479,6 +549,8 @@ def main(argv):
             print(json.dumps({"error": f"unreadable iperf3 output: {e}"}))
     elif cmd == "sockperf":
         print(json.dumps(sockperf(arg)))
+    elif cmd == "strace":
+        print(json.dumps(strace_summary(arg)))
     elif cmd == "table":
         sys.stdout.write(table(arg))
     else:

@@ -37,6 +37,9 @@ SOCAT_CONNS=${BENCH_SOCAT_CONNS:-$SOCAT_CONNS}
 CHURN_CONC=${BENCH_CHURN_CONCURRENCY:-50}
 # Which targets to run (a subset is handy while developing).
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct dockward haproxy nginx socat}"
+# Which scenarios to run (a subset for a targeted measurement; the report shows what ran).
+SCENARIOS=" ${BENCH_SCENARIOS:-bulk latency churn udp idle sessions route} "
+want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 # Everything the bench starts runs at this priority, so a compile in the background disturbs the
 # figures less (0 to turn off; negative values need root).
@@ -138,8 +141,27 @@ install_peers() {
     [ $ok = 1 ] || { log "could not install ${need[*]} (see $OUT/apt.log)"; exit 1; }
 }
 
+# The system-call counts of the churn scenario: strace (by name) and perf (the totals). Optional:
+# without them those rows stay empty.
+install_tracers() {
+    local need=()
+    command -v strace >/dev/null || need+=(strace)
+    command -v perf >/dev/null || need+=(linux-perf)
+    [ ${#need[@]} -eq 0 ] && return 0
+    log "installing ${need[*]} from Debian (optional)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >>"$OUT/apt.log" 2>&1 ||
+        log "could not install ${need[*]}: the system-call rows stay empty"
+}
+
 # ------------------------------------------------------------------------------ build
 install_peers
+install_tracers
+# perf counts system calls in the kernel (the raw_syscalls tracepoint) without slowing the
+# proxy; some sandboxes refuse it.
+PERF_SYSCALLS=0
+if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    PERF_SYSCALLS=1
+fi
 
 log "building bench/loadgen"
 cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml" --target-dir "$BENCH/loadgen/target"
@@ -435,17 +457,63 @@ latency() {
     done
 }
 
+# target_pids T: every process of T, comma-separated (for perf and strace).
+target_pids() {
+    local pgid
+    for pgid in ${TPIDS[$1]:-}; do pgrep -g "$pgid"; done | paste -sd,
+}
+
 # churn T ROUND: one round. On this 2-CPU machine every proxy reaches direct's rate (the
 # load generator's CPU is the limit), so conns/s cannot rank proxies; the proxy's own CPU
 # time per connection can. Each round records it, as proxy_cpu_s.
+# With perf, the proxy's system calls and context switches during the round are counted too
+# (not socat's: its forks are new processes).
 churn() {
-    local t=$1 round=$2 line before after
+    local t=$1 round=$2 line before after pids perf_pid="" extra=""
+    pids=$(target_pids "$t")
+    if [ "$PERF_SYSCALLS" = 1 ] && [ -n "$pids" ] && [ "$t" != socat ]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$T/perf.out" >/dev/null 2>&1 &
+        perf_pid=$!
+        sleep 0.3 # attached before the load starts
+    fi
     before=$(proxy_cpu_ticks "$t")
     if line=$(lg $((CHURN_SECS + 30)) churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs "$CHURN_SECS"); then
         after=$(proxy_cpu_ticks "$t")
-        record "$t" churn "$line" "\"round\":$round,\"proxy_cpu_s\":$(python3 -c "print(($after - $before) / $(getconf CLK_TCK))")"
+        if [ -n "$perf_pid" ]; then
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" 2>/dev/null || true
+            perf_pid=""
+            extra=$(awk -F, '$3 == "raw_syscalls:sys_enter" && $1 ~ /^[0-9]+$/ { printf ",\"syscalls\":%s", $1 }
+                $3 == "context-switches" && $1 ~ /^[0-9]+$/ { printf ",\"cswitches\":%s", $1 }' "$T/perf.out")
+        fi
+        record "$t" churn "$line" "\"round\":$round,\"proxy_cpu_s\":$(python3 -c "print(($after - $before) / $(getconf CLK_TCK))")$extra"
     else
         note "$t" "churn failed"
+    fi
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+    fi
+    sleep 0.5
+}
+
+# syscalls_by_name T: one short churn round with strace -c -f attached to T's processes: the
+# calls per connection by name. strace slows the proxy, so this round is kept out of the rates.
+syscalls_by_name() {
+    local t=$1 pids line strace_pid summary
+    command -v strace >/dev/null || return 0
+    pids=$(target_pids "$t")
+    [ -n "$pids" ] || return 0
+    strace -c -f -p "$pids" -o "$T/strace.out" >/dev/null 2>&1 &
+    strace_pid=$!
+    sleep 0.5
+    line=$(lg 60 churn --addr "127.0.0.1:${P_ECHO[$t]}" --concurrency "$CHURN_CONC" --secs "$CHURN_SECS") || line=""
+    kill -INT "$strace_pid" 2>/dev/null || true
+    wait "$strace_pid" 2>/dev/null || true
+    if [ -n "$line" ] && summary=$(python3 "$BENCH/report.py" strace "$T/strace.out"); then
+        record "$t" syscalls "$summary" "\"conns\":$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["conns"])' "$line")"
+    else
+        note "$t" "strace churn round failed"
     fi
     sleep 0.5
 }
@@ -578,8 +646,8 @@ for t in "${TARGETS[@]}"; do
 done
 log "targets up: ${UP[*]} (pinning: $PINNING)"
 
-log "1. TCP bulk: iperf3 ${IPERF_SECS} s, 1 and 4 streams, both directions, ${IPERF_RUNS} runs (interleaved)"
-for run in $(seq "$IPERF_RUNS"); do
+want bulk && log "1. TCP bulk: iperf3 ${IPERF_SECS} s, 1 and 4 streams, both directions, ${IPERF_RUNS} runs (interleaved)"
+want bulk && for run in $(seq "$IPERF_RUNS"); do
     for t in "${UP[@]}"; do
         for n in 1 4; do
             for rev in false true; do bulk "$run" "$t" "$n" "$rev"; done
@@ -587,21 +655,24 @@ for run in $(seq "$IPERF_RUNS"); do
     done
 done
 
-log "2. TCP latency: 64-byte ping-pong and sockperf, ${LAT_ROUNDS} rounds (interleaved)"
-for round in $(seq "$LAT_ROUNDS"); do
+want latency && log "2. TCP latency: 64-byte ping-pong and sockperf, ${LAT_ROUNDS} rounds (interleaved)"
+want latency && for round in $(seq "$LAT_ROUNDS"); do
     for t in "${UP[@]}"; do latency "$t" "$round"; done
 done
 
-log "3. connection churn: ${CHURN_CONC} concurrent, ${CHURN_ROUNDS} rounds (interleaved)"
-for round in $(seq "$CHURN_ROUNDS"); do
+want churn && log "3. connection churn: ${CHURN_CONC} concurrent, ${CHURN_ROUNDS} rounds (interleaved)"
+want churn && for round in $(seq "$CHURN_ROUNDS"); do
     for t in "${UP[@]}"; do churn "$t" "$round"; done
 done
+want churn && for t in "${UP[@]}"; do
+    case $t in dockward | haproxy) syscalls_by_name "$t" ;; esac
+done
 
-log "5a. UDP: highest rate under 0.1 % loss, 64 and 1400 bytes, ${UDP_ROUNDS} rounds (interleaved)"
-for t in "${UP[@]}"; do
+want udp && log "5a. UDP: highest rate under 0.1 % loss, 64 and 1400 bytes, ${UDP_ROUNDS} rounds (interleaved)"
+want udp && for t in "${UP[@]}"; do
     if [ "${UDP_OK[$t]}" != 1 ] && [ "$t" != haproxy ]; then note "$t" "UDP port not bound: UDP not measured"; fi
 done
-for round in $(seq "$UDP_ROUNDS"); do
+want udp && for round in $(seq "$UDP_ROUNDS"); do
     for size in 64 1400; do
         for t in "${UP[@]}"; do udp_search "$t" "$size" "$round"; done
     done
@@ -609,18 +680,25 @@ done
 
 for t in "${UP[@]}"; do stop_target "$t"; done
 
-log "4. idle: ${IDLE_CONNS} connections held (socat: ${SOCAT_CONNS}); fresh proxy each"
-for t in "${UP[@]}"; do [ "$t" = direct ] || hold_test "$t" idle; done
+want idle && log "4. idle: ${IDLE_CONNS} connections held (socat: ${SOCAT_CONNS}); fresh proxy each"
+want idle && for t in "${UP[@]}"; do [ "$t" = direct ] || hold_test "$t" idle; done
 
-log "5b. UDP sessions: ${UDP_SESSIONS} held (socat: ${SOCAT_CONNS}); fresh proxy each"
-for t in "${UP[@]}"; do [ "$t" = direct ] || hold_test "$t" sessions; done
+want sessions && log "5b. UDP sessions: ${UDP_SESSIONS} held (socat: ${SOCAT_CONNS}); fresh proxy each"
+want sessions && for t in "${UP[@]}"; do [ "$t" = direct ] || hold_test "$t" sessions; done
 
-log "6. route churn"
-apply_probe
-if [[ " ${UP[*]} " == *" dockward "* ]]; then route_churn; fi
+if want route; then
+    log "6. route churn"
+    apply_probe
+    if [[ " ${UP[*]} " == *" dockward "* ]]; then route_churn; fi
+fi
 
 # ------------------------------------------------------------------------------ report
-if [ "$BENCH_QUICK" != 0 ]; then REPORT=$OUT/RESULTS.md; else REPORT=$BENCH/RESULTS.md; fi
+# Only a full run (every scenario, every target) replaces the committed table.
+if [ "$BENCH_QUICK" != 0 ] || [ -n "${BENCH_SCENARIOS:-}" ] || [ -n "${BENCH_TARGETS:-}" ]; then
+    REPORT=$OUT/RESULTS.md
+else
+    REPORT=$BENCH/RESULTS.md
+fi
 python3 "$BENCH/report.py" table "$RESULTS" >"$REPORT.tmp"
 mv "$REPORT.tmp" "$REPORT"
 cat "$REPORT"

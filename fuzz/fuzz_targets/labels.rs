@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use arbitrary::Arbitrary;
 use docker_watcher::{ContainerState, ContainerView, LabelError, parse_labels};
 use libfuzzer_sys::fuzz_target;
-use proxy_core::fields::{Clipped, FIELDS};
+use route_spec::fields::{Clipped, FIELDS};
 
 /// Which aliases a label addresses.
 #[derive(Debug, Arbitrary)]
@@ -141,7 +141,7 @@ fuzz_target!(|input: Input| {
         match e {
             LabelError::Label { key, reason, .. } => {
                 assert!(!reason.is_empty(), "an error without a reason: {text}");
-                // Named as displayed: a long key is clipped (see proxy_core::fields::Clipped).
+                // Named as displayed: a long key is clipped (see route_spec::fields::Clipped).
                 let named = Clipped::bare(key).to_string();
                 assert!(text.contains(&named), "an error that does not name its label: {text}");
             }

@@ -13,6 +13,7 @@
 //!
 //! The crate opens no socket of its own besides the engine connection: the binary hands the
 //! routes to proxy-core's `RouteTable::apply`.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod engine;
@@ -21,6 +22,7 @@ mod http;
 pub mod labels;
 #[cfg(test)]
 mod mock_engine;
+mod own;
 mod services;
 mod snapshot;
 pub mod swarm;
@@ -28,10 +30,11 @@ mod watcher;
 
 pub use engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
 pub use error::WatchError;
-pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, parse_labels};
+pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, parse_labels};
+pub use own::OwnContainer;
 pub use snapshot::DockerSnapshot;
-pub use swarm::{ServiceView, SwarmTarget, TaskView, parse_service_labels};
-pub use watcher::{DockerConfig, DockerWatcher, OwnContainer, SERVICE_EVENTS, WATCHED_EVENTS};
+pub use swarm::{ServiceView, TaskView, parse_service_labels};
+pub use watcher::{DockerConfig, DockerWatcher, SERVICE_EVENTS, WATCHED_EVENTS};
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
 ///
@@ -60,15 +63,6 @@ pub fn split_label_arg(arg: &str) -> Option<(String, String)> {
     Some((k.to_string(), v.to_string()))
 }
 
-/// Fetches one container (by name or id) from the engine, for `dockward check --container`.
-pub async fn inspect_container(config: &DockerConfig, name: &str) -> Result<ContainerView, WatchError> {
-    let host = config.effective_host();
-    let docker = engine::connect(&host, config.request_timeout).await?;
-    engine::inspect_view(&docker, &host, name)
-        .await?
-        .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })
-}
-
 /// Checks one container's labels against its real networks, whatever its state.
 ///
 /// Dockward's own container's networks are taken into account as the watcher would.
@@ -81,14 +75,7 @@ pub async fn check_container(
     let view = engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
-    let own = match &config.own_container {
-        OwnContainer::Disabled => Vec::new(),
-        OwnContainer::Id(id) => engine::own_networks(&docker, &host, id).await?,
-        OwnContainer::Detect => match detect_own_container_id() {
-            Some(id) => engine::own_networks(&docker, &host, &id).await?,
-            None => Vec::new(),
-        },
-    };
+    let own = config.own_container.networks(&docker, &host).await?;
     let routes = parse_labels(&view, &own);
     Ok((view, routes))
 }

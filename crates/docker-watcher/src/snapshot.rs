@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use proxy_core::RouteSpec;
+use route_spec::RouteSpec;
 
 use crate::labels::{ContainerRoutes, LabelError};
 

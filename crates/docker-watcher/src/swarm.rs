@@ -21,9 +21,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use proxy_core::fields;
+use route_spec::fields;
 
-use crate::labels::{ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject, parse_subject};
+use crate::labels::target::{Pick, choose_network};
+use crate::labels::{
+    ContainerRoutes, LABEL_NETWORK, LABEL_SWARM_TARGET, LabelError, Subject, SwarmTarget, parse_subject,
+};
 
 /// The label Docker puts on a swarm task's container: the id of its service. A container
 /// carrying it is the service's business, not a route source of its own, while dockward
@@ -33,36 +36,6 @@ pub const SWARM_SERVICE_ID_LABEL: &str = "com.docker.swarm.service.id";
 /// The label `docker stack deploy` puts on every service of a stack; `proxy.network=NAME`
 /// also finds the network `<stack>_NAME` that the stack creates for a network named NAME.
 pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
-
-/// What a swarm service's routes forward to: `proxy.swarm_target`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SwarmTarget {
-    /// `tasks`: each running task's address, one target per task (the default).
-    #[default]
-    Tasks,
-    /// `vip`: the service's virtual IP, one target; the swarm's own balancing picks the task.
-    Vip,
-}
-
-impl SwarmTarget {
-    /// The values `proxy.swarm_target` accepts.
-    pub const NAMES: &'static [&'static str] = &["tasks", "vip"];
-
-    /// Reads a `proxy.swarm_target` value; the error names the label and value.
-    pub fn from_label(value: &str) -> Result<Self, LabelError> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "tasks" | "task" => Ok(SwarmTarget::Tasks),
-            "vip" => Ok(SwarmTarget::Vip),
-            other => {
-                let reason = match fields::did_you_mean(other, Self::NAMES.iter().copied()) {
-                    Some(hint) => format!("expected tasks or vip (did you mean {hint:?}?)"),
-                    None => "expected tasks or vip".to_string(),
-                };
-                Err(LabelError::label(None, LABEL_SWARM_TARGET, value, reason))
-            }
-        }
-    }
-}
 
 /// One running task of a service, as [`parse_service_labels`] needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -102,7 +75,7 @@ pub struct ServiceView {
 /// Turns one swarm service's labels into routes (and errors), pure and total.
 ///
 /// `self_networks` are the networks of dockward's own container when it runs in one.
-/// Every route's [`RouteSpec::source`](proxy_core::RouteSpec::source) is the service name.
+/// Every route's [`RouteSpec::source`](route_spec::RouteSpec::source) is the service name.
 pub fn parse_service_labels(view: &ServiceView, self_networks: &[String]) -> ContainerRoutes {
     let subject = Subject { kind: "service", id: &view.id, name: &view.name, labels: &view.labels };
     parse_subject(&subject, || service_targets(view, self_networks))
@@ -130,7 +103,7 @@ fn service_targets(view: &ServiceView, self_networks: &[String]) -> Result<Vec<S
             let network = if view.tasks.iter().all(|t| t.host_network) {
                 None
             } else {
-                Some(choose_network(view, &attached, self_networks, "its tasks")?)
+                Some(service_network(view, &attached, self_networks, "its tasks")?)
             };
             for task in &view.tasks {
                 if task.host_network {
@@ -168,7 +141,7 @@ fn service_targets(view: &ServiceView, self_networks: &[String]) -> Result<Vec<S
                 ));
             }
             let names: BTreeSet<&str> = view.virtual_ips.keys().map(String::as_str).collect();
-            let network = choose_network(view, &names, self_networks, "its virtual IPs")?;
+            let network = service_network(view, &names, self_networks, "its virtual IPs")?;
             if let Some(ip) = view.virtual_ips.get(network) {
                 hosts.insert(*ip);
             }
@@ -177,8 +150,9 @@ fn service_targets(view: &ServiceView, self_networks: &[String]) -> Result<Vec<S
     Ok(hosts.into_iter().map(|ip| ip.to_string()).collect())
 }
 
-/// The network to take addresses from, among `available` (names with an address).
-fn choose_network<'a>(
+/// The network to take addresses from, among `available` (names with an address), by the
+/// rule containers follow too ([`choose_network`]); the routing mesh comes last.
+fn service_network<'a>(
     view: &ServiceView,
     available: &BTreeSet<&'a str>,
     self_networks: &[String],
@@ -187,31 +161,24 @@ fn choose_network<'a>(
     let listed = || {
         if available.is_empty() { "none".to_string() } else { available.iter().copied().collect::<Vec<_>>().join(", ") }
     };
-    if let Some(wanted) = view.labels.get(LABEL_NETWORK) {
-        let trimmed = wanted.trim();
-        let mut candidates = vec![trimmed.to_string()];
-        if let Some(stack) = view.labels.get(STACK_NAMESPACE_LABEL) {
-            candidates.push(format!("{stack}_{trimmed}"));
+    let wanted = view.labels.get(LABEL_NETWORK).map(String::as_str);
+    let stack = view.labels.get(STACK_NAMESPACE_LABEL).map(String::as_str);
+    let names: Vec<&'a str> = available.iter().copied().collect();
+    let named = |name: &str| available.get(name).copied();
+    let mesh = |name: &str| view.ingress_networks.contains(name);
+    match choose_network(wanted, stack, named, &names, self_networks, mesh) {
+        Pick::Network(found) => Ok(found),
+        Pick::NoSuchNetwork => {
+            let wanted = wanted.unwrap_or("");
+            let trimmed = wanted.trim();
+            let mut reason = format!("no network of this name among {what}");
+            if let Some(hint) = fields::did_you_mean(trimmed, available.iter().copied()) {
+                reason.push_str(&format!(" (did you mean {hint:?}?)"));
+            }
+            reason.push_str(&format!("; networks with an address: {}", listed()));
+            Err(LabelError::label(None, LABEL_NETWORK, wanted, reason))
         }
-        if let Some(found) = candidates.iter().find_map(|c| available.get(c.as_str())) {
-            return Ok(found);
-        }
-        let mut reason = format!("no network of this name among {what}");
-        if let Some(hint) = fields::did_you_mean(trimmed, available.iter().copied()) {
-            reason.push_str(&format!(" (did you mean {hint:?}?)"));
-        }
-        reason.push_str(&format!("; networks with an address: {}", listed()));
-        return Err(LabelError::label(None, LABEL_NETWORK, wanted, reason));
-    }
-    let mut shared: Vec<&String> = self_networks.iter().collect();
-    shared.sort();
-    if let Some(found) = shared.iter().find_map(|n| available.get(n.as_str())) {
-        return Ok(found);
-    }
-    let outside_mesh = available.iter().find(|n| !view.ingress_networks.contains(**n));
-    match outside_mesh.or_else(|| available.first()) {
-        Some(found) => Ok(found),
-        None => Err(LabelError::NoTarget {
+        Pick::Nothing => Err(LabelError::NoTarget {
             reason: format!("{what} have no address on any network; set proxy.<alias>.host"),
         }),
     }
@@ -224,7 +191,7 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_core::{Protocol, Target};
+    use route_spec::{Protocol, Target};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -44,6 +44,7 @@ use crate::engine::{self, short_id};
 use crate::error::WatchError;
 use crate::http::RawClient;
 use crate::labels::{ContainerRoutes, ContainerView, has_proxy_labels, parse_labels};
+use crate::own::OwnContainer;
 use crate::services::{self, Answer, ServiceListing, SwarmClient};
 use crate::snapshot::DockerSnapshot;
 use crate::swarm::{SWARM_SERVICE_ID_LABEL, ServiceView, parse_service_labels};
@@ -51,18 +52,6 @@ use crate::swarm::{SWARM_SERVICE_ID_LABEL, ServiceView, parse_service_labels};
 /// The container events that can change a container's routes.
 pub const WATCHED_EVENTS: &[&str] =
     &["start", "die", "stop", "kill", "destroy", "pause", "unpause", "rename", "health_status"];
-
-/// How dockward finds its own container, for the "shared network" target rule.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum OwnContainer {
-    /// Look at /proc/self/mountinfo, /proc/self/cgroup and HOSTNAME, then ask the engine.
-    #[default]
-    Detect,
-    /// Never use the rule.
-    Disabled,
-    /// This container id or name.
-    Id(String),
-}
 
 /// How to reach the engine and how patient to be with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -488,14 +477,7 @@ impl Session<'_> {
         let mut swarm = None;
         self.update_swarm(&docker, &mut swarm, &events_tx).await?;
 
-        self.state.own_networks = match &self.config.own_container {
-            OwnContainer::Disabled => Vec::new(),
-            OwnContainer::Id(id) => engine::own_networks(&docker, self.host, id).await?,
-            OwnContainer::Detect => match engine::detect_own_container_id() {
-                Some(id) => engine::own_networks(&docker, self.host, &id).await?,
-                None => Vec::new(),
-            },
-        };
+        self.state.own_networks = self.config.own_container.networks(&docker, self.host).await?;
 
         self.resync(&docker, &mut swarm).await?;
         self.state.snap.connected = true;

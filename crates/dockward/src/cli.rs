@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use proxy_core::{Acl, IpNet, acl};
+use proxy_core::{Acl, IpNet};
+use route_spec::nets;
 
 use crate::admin::{AdminAddr, DEFAULT_ADMIN_ADDR};
 
@@ -167,7 +168,7 @@ pub struct NetList(pub Vec<IpNet>);
 impl NetList {
     /// Parses `10.0.0.0/8,192.168.1.5 fd00::/8`; the error names the entry at fault.
     pub fn parse(text: &str) -> Result<NetList, String> {
-        acl::parse_nets(text).map(NetList).map_err(|e| e.to_string())
+        nets::parse_nets(text).map(NetList).map_err(|e| e.to_string())
     }
 
     /// As [`NetList::parse`], but an empty list is an error: `--allow ""` would otherwise

@@ -18,6 +18,7 @@ pub mod controller;
 pub mod history;
 pub mod logging;
 pub mod metrics;
+pub mod provider_error;
 pub mod providers;
 pub mod routes_file;
 pub mod routes_view;

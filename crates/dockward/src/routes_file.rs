@@ -16,10 +16,11 @@
 use std::path::Path;
 
 use proxy_core::RouteSpec;
-use proxy_core::fields::{self, RouteDraft};
+use route_spec::RouteDraft;
+use route_spec::fields;
 use serde_norway::Value;
 
-use crate::providers::ProviderError;
+use crate::provider_error::ProviderError;
 
 /// The target host of routes that do not set `host`.
 pub const DEFAULT_TARGET_HOST: &str = "127.0.0.1";
@@ -100,7 +101,7 @@ pub fn parse(source: &str, text: &str) -> Loaded {
                 Some(hint) => format!(" (did you mean {hint:?}?)"),
                 None => format!(" (the only top-level key is {ROUTES_KEY:?})"),
             };
-            loaded.error(source, format!("unknown top-level key {}{hint}", proxy_core::fields::Clipped::quoted(&key)));
+            loaded.error(source, format!("unknown top-level key {}{hint}", route_spec::fields::Clipped::quoted(&key)));
         }
     }
     let entries = match routes {
@@ -478,7 +479,7 @@ mod tests {
         let to = readme.find(end).expect("README has the fields:end marker");
         let mut want = String::from("| Field | Default | What it does |\n| --- | --- | --- |\n");
         for f in fields::FIELDS {
-            want.push_str(&format!("| `{}` | {} | {} |\n", f.name, f.default, f.help));
+            want.push_str(&format!("| `{}` | {} | {} |\n", f.name, f.default_text(), f.help));
         }
         if std::env::var_os("UPDATE_README").is_some() {
             let updated = format!("{}{want}{}", &readme[..from], &readme[to..]);

@@ -14,62 +14,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use route_spec::Rate;
+
 /// Clients a route tracks at most.
 pub const TABLE_CAP: usize = 65_536;
-
-/// A rate of new connections or sessions: `count` per `per`, written `10/s`, `100/m`, `5/h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Rate {
-    /// How many.
-    pub count: u32,
-    /// In how long.
-    pub per: Duration,
-}
-
-/// Why a rate did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid rate {text:?}: expected COUNT/UNIT with COUNT ≥ 1 and UNIT s, m or h (e.g. 10/s, 100/m)")]
-pub struct RateError {
-    /// The text at fault.
-    pub text: String,
-}
-
-impl FromStr for Rate {
-    type Err = RateError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = || RateError { text: text.to_string() };
-        let (count, unit) = text.trim().split_once('/').ok_or_else(err)?;
-        let count: u32 = count.trim().parse().map_err(|_| err())?;
-        let per = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            _ => return Err(err()),
-        };
-        if count == 0 {
-            return Err(err());
-        }
-        Ok(Rate { count, per })
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match self.per.as_secs() {
-            60 => "m",
-            3600 => "h",
-            _ => "s",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
 
 /// A route's per-client limits; the default limits nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -278,6 +230,8 @@ impl Drop for ClientGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn limits(max: u32, rate: Option<&str>, burst: u32) -> ClientLimits {
@@ -286,16 +240,6 @@ mod tests {
             rate_limit: rate.map(|r| r.parse().unwrap()),
             rate_limit_burst: burst,
             ipv6_prefix: 64,
-        }
-    }
-
-    #[test]
-    fn rates_parse_and_print() {
-        assert_eq!("10/s".parse::<Rate>().unwrap(), Rate { count: 10, per: Duration::from_secs(1) });
-        assert_eq!("100/m".parse::<Rate>().unwrap().to_string(), "100/m");
-        assert_eq!("5/h".parse::<Rate>().unwrap().per, Duration::from_secs(3600));
-        for bad in ["", "10", "0/s", "x/s", "10/d", "-1/s"] {
-            assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
         }
     }
 

@@ -11,19 +11,8 @@ use crate::route::Target;
 #[derive(Debug, Error)]
 pub enum RouteError {
     /// A spec that fails [`RouteSpec::validate`](crate::RouteSpec::validate).
-    #[error("route \"{alias}\": {reason}")]
-    Invalid {
-        /// The route's alias.
-        alias: String,
-        /// What is wrong, in words.
-        reason: String,
-    },
-    /// A scheme name that is not one of [`Scheme::NAMES`](crate::Scheme::NAMES).
-    #[error("unknown scheme {0:?} (expected one of tcp, udp, tcp4, tcp6, udp4, udp6)")]
-    UnknownScheme(String),
-    /// A target that is not `host:port`.
-    #[error("bad target {0:?}: expected host:port, IP:port or [IPv6]:port with a port from 1 to 65535")]
-    BadTarget(String),
+    #[error(transparent)]
+    Invalid(#[from] route_spec::SpecError),
     /// The listener could not be bound.
     #[error("cannot bind {protocol} {addr}: {source}")]
     Bind {

@@ -21,6 +21,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod access_log;
 pub mod acl;
@@ -28,23 +29,33 @@ mod balance;
 pub mod client_limits;
 mod error;
 pub mod fd_budget;
-pub mod fields;
 mod forward;
-mod hooks;
 pub mod limits;
 pub mod proxy_protocol;
-mod route;
 mod stats;
 mod table;
 
+/// The route values, from route-spec, under the paths this crate's modules name them by.
+mod route {
+    pub(crate) use route_spec::{Family, Protocol, RouteId, RouteOptions, RouteSpec, Target};
+}
+
+/// The hook types, from route-spec (a [`RouteSpec`] holds its hooks; this crate calls them).
+mod hooks {
+    pub(crate) use route_spec::{ConnInfo, Direction, Hooks};
+}
+
 pub use access_log::{AccessEvent, AccessLog, Outcome};
 pub use acl::Acl;
-pub use balance::{Balance, HealthCheck};
-pub use client_limits::{ClientLimits, Rate};
+pub use client_limits::ClientLimits;
 pub use error::{DialError, RouteError};
-pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
-pub use ipnet::IpNet;
-pub use proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
-pub use route::{Family, OptionError, Protocol, RouteId, RouteOptions, RouteSpec, Scheme, Target};
-pub use stats::{RouteState, RouteStats, RouteStatus, StatsSnapshot, TargetStatus};
+// The route values this crate's API takes and returns: `RouteTable::apply` takes
+// `RouteSpec`s, `RouteStatus` holds one, hooks see a `ConnInfo`. The field grammar
+// (`route_spec::fields`, `route_spec::nets`) is not re-exported: only providers use it.
+pub use route_spec::{
+    AcceptProxy, Balance, ConnInfo, Direction, Family, HealthCheck, Hooks, IpNet, OnReadHook, OptionError, PreDialHook,
+    Protocol, ProxyVersion, Rate, RouteId, RouteOptions, RouteSpec, Scheme, SpecError, Target,
+};
+pub use stats::{RouteState, RouteStatus, StatsSnapshot, TargetStatus};
+pub use table::plan::clash::{Clash, clashes};
 pub use table::{ApplyReport, RouteTable};

@@ -44,104 +44,21 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 /// The 12 bytes every v2 header starts with.
-pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// What every v1 header starts with.
-pub const V1_PREFIX: &[u8; 6] = b"PROXY ";
+pub(crate) const V1_PREFIX: &[u8; 6] = b"PROXY ";
 /// The longest v1 header, CRLF included.
-pub const V1_MAX_LEN: usize = 107;
+pub(crate) const V1_MAX_LEN: usize = 107;
 /// The fixed part of a v2 header: signature, version/command, family/transport, length.
-pub const V2_FIXED_LEN: usize = 16;
-/// The longest v2 header: the fixed part and a 16-bit length of addresses and TLVs.
-pub const V2_MAX_LEN: usize = V2_FIXED_LEN + u16::MAX as usize;
-/// Default of the `proxy_protocol_timeout` route option.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A PROXY protocol version, as the `proxy_protocol` option names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Version {
-    /// The text header (`PROXY TCP4 ...\r\n`); TCP only.
-    V1,
-    /// The binary header; TCP and UDP.
-    V2,
-}
-
-impl Version {
-    /// `v1` or `v2`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
-        }
-    }
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Version {
-    type Err = String;
-
-    /// `v1`/`1` or `v2`/`2`, any case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "v1" | "1" => Ok(Version::V1),
-            "v2" | "2" => Ok(Version::V2),
-            _ => Err("expected v1 or v2 (or off)".to_string()),
-        }
-    }
-}
-
-/// Whether a route insists on a PROXY header from its trusted peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accept {
-    /// A trusted peer must send a header; an untrusted peer is refused.
-    Required,
-    /// A trusted peer may send a header; anything else is the client's data.
-    Optional,
-}
-
-impl Accept {
-    /// `required` or `optional`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accept::Required => "required",
-            Accept::Optional => "optional",
-        }
-    }
-}
-
-impl fmt::Display for Accept {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Accept {
-    type Err = String;
-
-    /// `required` or `optional`, any case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "required" => Ok(Accept::Required),
-            "optional" => Ok(Accept::Optional),
-            _ => Err("expected required or optional (or off)".to_string()),
-        }
-    }
-}
+pub(crate) const V2_FIXED_LEN: usize = 16;
+pub use route_spec::proxy_protocol::{Accept, DEFAULT_TIMEOUT, Version};
 
 /// The transport a header declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

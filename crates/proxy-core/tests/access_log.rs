@@ -54,7 +54,7 @@ async fn refused_and_failed_tcp_clients_are_logged_with_their_reason() {
     init_tracing();
     let (table, _log, mut rx) = logged_table(16);
     let echo = echo_server();
-    let options = RouteOptions { deny: proxy_core::acl::parse_nets("127.0.0.1").unwrap(), ..RouteOptions::default() };
+    let options = RouteOptions { deny: route_spec::nets::parse_nets("127.0.0.1").unwrap(), ..RouteOptions::default() };
     let denied = tcp_route("denied", echo.addr).with_options(options);
     let dead = tcp_route("dead", refused_addr());
     table.apply(vec![denied, dead]).await;

@@ -13,7 +13,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 /// Networks from text, as the `allow`/`deny` fields write them.
 fn nets(text: &str) -> Vec<IpNet> {
-    proxy_core::acl::parse_nets(text).expect("test networks")
+    route_spec::nets::parse_nets(text).expect("test networks")
 }
 
 /// Options with `allow` and `deny` set.

@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use proxy_core::fields::RouteDraft;
 use proxy_core::{Balance, HealthCheck, Protocol, RouteOptions, RouteSpec, RouteState, RouteTable, Target};
+use route_spec::RouteDraft;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;

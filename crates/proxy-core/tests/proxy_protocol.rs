@@ -22,7 +22,7 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 fn nets(text: &str) -> Vec<IpNet> {
-    proxy_core::acl::parse_nets(text).expect("test networks")
+    route_spec::nets::parse_nets(text).expect("test networks")
 }
 
 fn stats(table: &RouteTable, alias: &str) -> StatsSnapshot {
@@ -247,7 +247,7 @@ async fn a_local_header_keeps_the_connections_own_address() {
     let spec = tcp_route("health", echo.addr).with_options(accepting(Accept::Required, "127.0.0.1")).with_hooks(hooks);
     let addr = apply_one(&table, spec).await;
 
-    let mut local = proxy_protocol::V2_SIGNATURE.to_vec();
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec(); // the v2 signature
     local.extend([0x20, 0x00, 0, 0]);
     let mut client = TcpStream::connect(addr).await.expect("connect");
     client.write_all(&local).await.expect("write");

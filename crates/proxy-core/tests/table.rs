@@ -166,6 +166,33 @@ async fn of_two_routes_on_one_address_the_first_keeps_it_and_the_second_takes_ov
 }
 
 #[tokio::test]
+async fn a_route_whose_bind_fails_leaves_its_address_to_the_next_route_in_the_same_apply() {
+    init_tracing();
+    let echo = echo_server();
+    let table = RouteTable::new();
+    // A listener on 127.0.0.2 keeps the wildcard off its port, but not 127.0.0.1.
+    let outsider = std::net::TcpListener::bind(("127.0.0.2", 0)).expect("bind");
+    let port = outsider.local_addr().expect("local_addr").port();
+    let wildcard = route_on("wildcard", SocketAddr::from(([0, 0, 0, 0], port)), &echo);
+    let local = route_on("local", SocketAddr::from((LOCALHOST, port)), &echo);
+
+    let report = table.apply(vec![wildcard.clone(), local.clone()]).await;
+    assert_eq!(report.started, vec![local.id()], "the younger route binds once the older one failed");
+    let failed =
+        RouteState::Error { message: format!("cannot bind tcp 0.0.0.0:{port}: Address already in use (os error 98)") };
+    assert_eq!(report.failed, vec![(wildcard.id(), failed)]);
+    let mut client = TcpStream::connect((LOCALHOST, port)).await.expect("connect");
+    echo_once(&mut client, b"local").await;
+
+    // Retried on the next apply, the wildcard now finds its address held.
+    drop(outsider);
+    let report = table.apply(vec![wildcard.clone(), local.clone()]).await;
+    assert_eq!(report.failed, vec![(wildcard.id(), RouteState::Conflict { with: local.id() })]);
+    assert_eq!(report.unchanged, vec![local.id()]);
+    table.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_invalid_spec_is_listed_with_the_validation_message() {
     init_tracing();
     let echo = echo_server();

@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use docker_watcher::swarm::SWARM_SERVICE_ID_LABEL;
 use docker_watcher::{ContainerRoutes, DockerConfig};
-use proxy_core::{Family, RouteOptions, RouteSpec};
-use serde_json::Value;
+use proxy_core::RouteSpec;
 
 use crate::cli::CheckArgs;
 use crate::routes_file;
@@ -124,19 +123,17 @@ impl Report {
         }
     }
 
-    /// Adds an error for every pair of routes that would claim the same listen address.
+    /// Adds an error for every pair of routes that would claim the same listen address, by
+    /// the route table's own rule ([`proxy_core::clashes`]): the same alias, protocol and
+    /// listen address from two places is one route with both targets (replicas,
+    /// load-balanced), as `run` applies it.
     pub fn add_conflicts(&mut self) {
-        for (i, a) in self.routes.iter().enumerate() {
-            for b in &self.routes[..i] {
-                // The same alias, protocol and listen address from two places is one route
-                // with both targets (replicas, load-balanced), as `run` applies it.
-                if a.protocol == b.protocol && a.id() != b.id() && overlaps(a, b) {
-                    self.errors.push(format!(
-                        "{}: route {:?}: listens on {} {}, as route {:?} of {} does",
-                        a.source, a.alias, a.protocol, a.listen, b.alias, b.source
-                    ));
-                }
-            }
+        for clash in proxy_core::clashes(&self.routes) {
+            let (a, b) = (&self.routes[clash.route], &self.routes[clash.with]);
+            self.errors.push(format!(
+                "{}: route {:?}: listens on {} {}, as route {:?} of {} does",
+                a.source, a.alias, a.protocol, a.listen, b.alias, b.source
+            ));
         }
     }
 }
@@ -194,27 +191,13 @@ fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-/// Whether two routes of one protocol would claim the same port, as the route table judges.
-fn overlaps(a: &RouteSpec, b: &RouteSpec) -> bool {
-    let (x, y) = (a.listen, b.listen);
-    if x.port() == 0 || x.port() != y.port() {
-        return false;
-    }
-    match (x.ip().is_ipv6(), y.ip().is_ipv6()) {
-        (false, false) | (true, true) => x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified(),
-        // A dual-stack [::] listener takes the IPv4 port too.
-        (true, false) => x.ip().is_unspecified() && a.family != Family::V6,
-        (false, true) => y.ip().is_unspecified() && b.family != Family::V6,
-    }
-}
-
 /// The table of valid routes: ALIAS, PROTO, LISTEN, TARGETS, SOURCE, OPTIONS (non-defaults).
 fn render(routes: &[RouteSpec]) -> String {
     let header = ["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "OPTIONS"].map(String::from).to_vec();
     let mut lines = vec![header];
     for r in routes {
         let targets: Vec<String> = r.targets.iter().map(|t| t.to_string()).collect();
-        let options = options_text(&r.options);
+        let options = route_spec::fields::options_text(&r.options);
         lines.push(vec![
             r.alias.clone(),
             r.scheme().to_string(),
@@ -239,36 +222,12 @@ fn render(routes: &[RouteSpec]) -> String {
     out
 }
 
-/// `connect_timeout=2s drain_grace=5s`: the options that differ from their defaults, by
-/// name, read through the options' serde form so that every option the core gains shows.
-fn options_text(options: &RouteOptions) -> String {
-    let (Ok(Value::Object(set)), Ok(Value::Object(default))) =
-        (serde_json::to_value(options), serde_json::to_value(RouteOptions::default()))
-    else {
-        return String::new();
-    };
-    let parts: Vec<String> =
-        set.iter().filter(|(k, v)| default.get(*k) != Some(*v)).map(|(k, v)| format!("{k}={}", show(v))).collect();
-    parts.join(" ")
-}
-
-/// An option's value as a user would write it: `5s` for durations, `off` for none.
-fn show(value: &Value) -> String {
-    match value {
-        Value::Null => "off".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(","),
-        Value::Object(o) if o.len() == 2 && o.contains_key("secs") && o.contains_key("nanos") => {
-            let secs = o["secs"].as_u64().unwrap_or_default();
-            let nanos = o["nanos"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default();
-            humantime::format_duration(std::time::Duration::new(secs, nanos)).to_string()
-        }
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use proxy_core::{Protocol, Target};
+
     use super::*;
 
     fn report(text: &str) -> Report {
@@ -295,6 +254,30 @@ mod tests {
         ] {
             assert_eq!(report(text).errors, Vec::<String>::new(), "{text}");
         }
+    }
+
+    #[test]
+    fn twenty_thousand_routes_are_checked_for_clashes_in_one_pass() {
+        // 10,000 ports on 127.0.0.1 and 127.0.0.2 each (no clash), then one wildcard that
+        // clashes with both routes on its port.
+        let route = |alias: String, listen: SocketAddr| {
+            RouteSpec::new(alias, Protocol::Tcp, listen, vec![Target::new("127.0.0.1", 80)]).with_source("r.yml")
+        };
+        let mut routes: Vec<RouteSpec> = (10_000..20_000u16)
+            .flat_map(|port| {
+                [[127, 0, 0, 1], [127, 0, 0, 2]].map(|ip| route(format!("r{port}-{}", ip[3]), (ip, port).into()))
+            })
+            .collect();
+        routes.push(route("any".into(), ([0, 0, 0, 0], 15_000).into()));
+        let mut r = Report { routes, ..Default::default() };
+        r.add_conflicts();
+        assert_eq!(
+            r.errors,
+            [
+                r#"r.yml: route "any": listens on tcp 0.0.0.0:15000, as route "r15000-1" of r.yml does"#,
+                r#"r.yml: route "any": listens on tcp 0.0.0.0:15000, as route "r15000-2" of r.yml does"#,
+            ]
+        );
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

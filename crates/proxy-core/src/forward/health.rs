@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::debug;
+
 use crate::balance::{HealthCheck, Member, TargetSet};
 use crate::error::DialError;
 
@@ -54,6 +56,10 @@ async fn check(set: &TargetSet, member: &Arc<Member>, timeout: Duration) {
         Ok((stream, _)) => {
             drop(stream);
             set.succeeded(member);
+        }
+        // Out of descriptors here says nothing about the target.
+        Err(e) if dial::is_local(&e) => {
+            debug!(dst = %target, action = "health_check", error = %e, "health check skipped: local failure");
         }
         Err(e) => set.failed(member, &format!("health check: {e}"), true),
     }

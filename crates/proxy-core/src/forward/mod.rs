@@ -65,7 +65,7 @@ impl Live {
             access: Access { route: Acl::new(options.allow.clone(), options.deny.clone()), global },
             trusted: NetSet::new(&options.trusted),
             limits: client_limits(options),
-            access_log: true,
+            access_log: options.access_log,
         }
     }
 }
@@ -137,8 +137,11 @@ impl RouteCtx {
 }
 
 /// The per-client limits `options` set.
-// The route fields (max_connections_per_ip, rate_limit, rate_limit_burst,
-// rate_limit_ipv6_prefix) are read here once they are in the field table.
-fn client_limits(_options: &RouteOptions) -> ClientLimits {
-    ClientLimits::default()
+fn client_limits(options: &RouteOptions) -> ClientLimits {
+    ClientLimits {
+        max_connections_per_ip: options.max_connections_per_ip,
+        rate_limit: options.rate_limit,
+        rate_limit_burst: options.rate_limit_burst,
+        ipv6_prefix: options.client_ipv6_prefix,
+    }
 }

@@ -245,12 +245,16 @@ async fn connection(
                 // DEBUG like every per-connection event: a dead target must not turn each client
                 // into a WARN line. The error is in the route's stats (dial_errors, last_error);
                 // a target going down is logged once, by the target set.
-                debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", error = %e, "no target answered");
+                // A local failure (EMFILE...) is this host's, not the target's: `local` says so.
+                let local = dial::is_local(&e);
+                debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", local, error = %e, "no target answered");
                 return Err((Outcome::DialError, e.to_string()));
             }
         };
+        // TCP_NODELAY: the client socket has it from the listener (Linux copies it on accept),
+        // the upstream one from the dial.
+        #[cfg(not(target_os = "linux"))]
         let _ = client.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
         // What a header sent on names as destination: the accepted header's, else the address
         // this client connected to (asked of the kernel only when a header is sent).
         let local = match live.options.proxy_protocol {
@@ -312,9 +316,10 @@ async fn connection(
 /// the surviving peer are still delivered (a server that replies and then resets, as Linux
 /// does when it closes with unread input, must not lose its reply).
 ///
-/// This is the state an open connection sits in, so its future is kept small: the spliced
-/// copy is a hand-written future of a few words, and the idle timer is boxed only when a
-/// route has one.
+/// This is the state an open connection sits in, so its future is kept small: the relay
+/// (copy, then splice for bulk) is a hand-written future of a few words, and the idle timer
+/// is boxed only when a route has one. Closing both sockets when it returns is part of the
+/// relay's contract: it leaves the last FIN to that close.
 async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
@@ -327,17 +332,14 @@ async fn forward(
     let last_activity = AtomicU64::new(0);
     let pipe = Pipe { ctx, live, peer, started, last_activity: &last_activity, bytes };
     #[cfg(target_os = "linux")]
-    if live.hooks.on_read.is_none() && super::splice::enabled() {
-        let both =
-            std::pin::pin!(super::splice::SpliceBoth::new(client, upstream, |direction, n| pipe.count(direction, n)));
-        match until_closed(both, live, ctx, started, &last_activity).await? {
-            Ok(super::splice::Spliced::Eof) => return Ok(()),
-            // Refused before any byte moved: the buffered copy below takes over.
-            Ok(super::splice::Spliced::Unsupported) => {}
-            Err(e) => return Err(e.to_string()),
-        }
+    if live.hooks.on_read.is_none() {
+        let splice = super::splice::enabled();
+        let both = std::pin::pin!(
+            super::splice::Relay::new(client, upstream, splice, |direction, n| pipe.count(direction, n))
+        );
+        return until_closed(both, live, ctx, started, &last_activity).await?.map_err(|e| e.to_string());
     }
-    // Boxed: the buffered copy's state is large, and only hooked or non-Linux routes need it.
+    // Boxed: this copy's state is large, and only hooked or non-Linux routes need it.
     let mut both = Box::pin(async {
         tokio::try_join!(
             pipe.copy(client, upstream, Direction::ClientToTarget),

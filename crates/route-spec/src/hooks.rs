@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::route::Protocol;
+use crate::protocol::Protocol;
 
 /// What a hook is told about the connection or UDP session at hand.
 #[derive(Debug, Clone, Copy)]
