@@ -165,3 +165,33 @@ fn the_fail2ban_example_matches_denied_and_short_ssh_connections_dockward_wrote(
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_client_over_its_rate_limit_is_limited_in_the_log_the_routes_json_and_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.log");
+    let echo = echo_server();
+    let yaml = format!(
+        "routes:\n  ssh:\n    bind: 127.0.0.1\n    port: {}\n    rate_limit: 1/m\n    rate_limit_burst: 2\n    \
+         max_connections_per_ip: 5\n",
+        echo.port()
+    );
+    let dw = Dockward::start_with_args(&yaml, "127.0.0.1:0", &["--access-log", path.to_str().expect("utf-8 path")]);
+    let listen = dw.listen_addr("ssh");
+    echo_from(CLIENT, listen, b"one");
+    echo_from(CLIENT, listen, b"two");
+    refused_from(CLIENT, listen);
+    echo_from(ATTACKER, listen, b"other client");
+    let lines = wait_lines(&dw, &path, 4);
+    let limited: Vec<_> = lines.iter().filter(|l| l.contains("outcome=limited")).collect();
+    assert_eq!(limited.len(), 1, "{lines:#?}");
+    assert!(
+        limited[0].contains(" client=127.0.0.3:") && limited[0].ends_with(r#"error="rate_limit 1/m exceeded""#),
+        "{}",
+        limited[0]
+    );
+    let row = dw.wait_route("ssh", "limited once", |r| r["limited"] == 1);
+    assert_eq!(row["connections_total"], 3, "{row}");
+    let (_, metrics) = http_get(&dw.admin, "/metrics").expect("GET /metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("dockward_route_limited_total{") && l.ends_with(" 1")), "{metrics}");
+}
