@@ -1,6 +1,7 @@
 //! The admin API and `dockward routes`: JSON, table, metrics, health, unix sockets, and a
 //! controller that is not there.
 
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
@@ -119,6 +120,37 @@ fn routes_against_a_dead_address_exits_non_zero_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no dockward controller answers at unix:/nonexistent/dockward.sock"), "{stderr}");
+}
+
+#[test]
+fn routes_against_a_port_that_streams_without_end_stops_at_the_size_cap() {
+    // Issue 15 #11: the answer used to be buffered until the 5 s timeout (1.4 GB).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+            request.push(byte[0]);
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[");
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0usize;
+        // Until the client hangs up.
+        while stream.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let out = command().args(["routes", "--admin", &addr]).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert!(stderr.contains("the answer is larger than 64 MiB: is this a dockward admin API?"), "{stderr}");
+    let sent = server.join().expect("server thread");
+    // What the client read is capped; the kernel's buffers hold a few MiB more at most.
+    assert!(sent < 128 * 1024 * 1024, "the server sent {sent} bytes before the client hung up");
 }
 
 #[test]

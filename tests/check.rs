@@ -124,3 +124,71 @@ fn check_without_input_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to check"));
 }
+
+#[test]
+fn json_gives_the_routes_with_their_non_default_options() {
+    let out = run(&["check", "--json", "--routes", "tests/fixtures/valid/options.yml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "ok": true,
+            "routes": [{
+                "alias": "db",
+                "protocol": "tcp",
+                "scheme": "tcp4",
+                "listen": "127.0.0.1:15432",
+                "targets": ["db.internal:5432"],
+                "source": "tests/fixtures/valid/options.yml",
+                "options": {
+                    "connect_timeout": "2s",
+                    "drain_grace": "10s",
+                    "max_connections": "100",
+                    "max_udp_sessions": "50",
+                    "tcp_idle_timeout": "1h",
+                    "udp_idle_timeout": "30s",
+                },
+            }],
+            "errors": [],
+            "notes": [],
+            "inputs": {"files": 1, "labels": 0, "containers": []},
+        })
+    );
+}
+
+#[test]
+fn json_gives_every_error_as_printed_and_fails() {
+    let fixture = Path::new("tests/fixtures/invalid/several-errors.yml");
+    let out = run(&["check", "--json", "--routes", fixture.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "with --json everything is on stdout");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["routes"], serde_json::json!([]));
+    // The same text as without --json, less the `error: ` prefix and the summary line.
+    let printed: Vec<String> =
+        expected(fixture, "err").lines().filter_map(|l| l.strip_prefix("error: ")).map(String::from).collect();
+    assert_eq!(json["errors"], serde_json::json!(printed));
+}
+
+#[test]
+fn json_lists_the_same_routes_as_the_table_for_every_valid_fixture() {
+    for fixture in fixtures("valid") {
+        let path = fixture.to_str().expect("utf-8");
+        let out = run(&["check", "--json", "--routes", path]);
+        assert_eq!(out.status.code(), Some(0), "{path}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+        let aliases: Vec<&str> =
+            json["routes"].as_array().expect("routes").iter().filter_map(|r| r["alias"].as_str()).collect();
+        let table = expected(&fixture, "out");
+        let rows: Vec<&str> = table
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with("ok: ") && !l.starts_with("note: "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(aliases, rows, "{path}");
+    }
+}

@@ -183,6 +183,49 @@ check failed: 1 error in 1 file and 1 label
 }
 
 #[test]
+fn cells_longer_than_a_format_width_are_clipped_and_the_check_does_not_crash() {
+    // Issue 15 #1: a cell over 65,535 characters used to panic ("Formatting argument out of
+    // range", exit 101).
+    let host = format!("proxy.a.host={}", "h".repeat(70_000));
+    let value = format!("proxy.b.port={}", "9".repeat(100_000));
+    let out = check(&["--labels", "proxy.aliases=a,b", "proxy.a.port=2222:22", &host, &value, "--name", "box"]);
+    assert_eq!(out.status.code(), Some(1), "{:.2000}", stderr(&out));
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table:.3000}");
+    assert!(lines[1].starts_with("a      tcp    0.0.0.0:2222  hhhh"), "{:.200}", lines[1]);
+    assert!(lines[1].ends_with("…[clipped: 70003 chars]  box     -"), "{:.200}", lines[1]);
+    assert!(lines[1].chars().count() < 1100, "{}", lines[1].chars().count());
+    let errors = stderr(&out);
+    assert!(errors.starts_with("error: box: label proxy.b.port=\""), "{errors:.300}");
+    assert!(errors.ends_with("check failed: 1 error in 4 labels\n"), "{errors:.300}");
+}
+
+#[test]
+fn labels_and_values_cannot_forge_lines_or_drive_the_terminal() {
+    // Issue 15 #10: whatever the label parser accepts, what check prints is escaped.
+    let out = check(&[
+        "--labels",
+        "proxy.esc\x1b[31mRED\x1b[0m.port=1:2",
+        "proxy.ok.port=2200:22",
+        "proxy.ok.host=127.0.0.1\u{202e}",
+        "--name",
+        "box\nssh-backdoor  tcp  0.0.0.0:22",
+    ]);
+    // Today these labels are accepted and print escaped (`esc\u{1b}[31mRED…`, `box\nssh-…`);
+    // once aliases and hosts with such characters are refused, the errors quoting them must
+    // be escaped just the same. Either way: no raw control or bidi character, no forged line.
+    let (out_text, err_text) = (stdout(&out), stderr(&out));
+    let all = format!("{out_text}{err_text}");
+    assert!(!all.contains(['\x1b', '\u{202e}']), "{all}");
+    assert!(all.contains("\\u{1b}[31mRED\\u{1b}[0m"), "{all}");
+    assert!(all.contains("box\\nssh-backdoor"), "{all}");
+    for line in all.lines() {
+        assert!(!line.starts_with("ssh-backdoor"), "a forged line: {all}");
+    }
+}
+
+#[test]
 fn a_label_without_a_value_is_a_usage_error() {
     let out = check(&["--labels", "proxy.ssh.port"]);
     assert_eq!(out.status.code(), Some(2));

@@ -23,7 +23,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller: serve the routes of route files (and Docker) until SIGINT or SIGTERM.
+    /// Run the controller: serve the routes of route files (and Docker) until SIGINT or SIGTERM; SIGHUP re-reads the routes files.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// List the routes of a running controller, asking its admin API.
@@ -141,6 +141,20 @@ pub struct RunArgs {
     /// How logs are written.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Hidden tuning, mostly for tests: how often a routes file whose last read failed is
+    /// read again without any event, and how long a deleted file stays before its routes go.
+    #[arg(long, hide = true, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reread_interval: std::time::Duration,
+    /// Hidden tuning: how long an admin client may take to send a request's headers.
+    #[arg(long, hide = true, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub admin_header_timeout: std::time::Duration,
+    /// Hidden tuning: how long an admin connection may sit idle between requests.
+    #[arg(long, hide = true, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub admin_idle_timeout: std::time::Duration,
+    /// Hidden tuning: the most admin connections open at once (default: from the open-file
+    /// limit).
+    #[arg(long, hide = true, value_name = "N")]
+    pub admin_max_connections: Option<usize>,
 }
 
 impl RunArgs {
@@ -215,6 +229,10 @@ pub struct CheckArgs {
     /// Docker engine for --container. Default: DOCKER_HOST, else the local socket.
     #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Print the routes, notes and errors as one JSON object on stdout (the exit status is
+    /// the same).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses one `--labels` value: `KEY=VALUE`, split at the first `=`.

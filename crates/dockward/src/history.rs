@@ -112,7 +112,13 @@ impl History {
             if ring.len() == SAMPLES {
                 ring.pop_front();
             }
-            ring.push_back(Sample(t, row.bytes_in, row.bytes_out, row.connections_active, row.connections_total));
+            ring.push_back(Sample(
+                t,
+                row.counter("bytes_in"),
+                row.counter("bytes_out"),
+                row.connections_active,
+                row.connections_total,
+            ));
             seen.push(key);
         }
         seen.sort();
@@ -162,17 +168,18 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use proxy_core::Protocol;
+    use proxy_core::{Protocol, StatsSnapshot};
 
     use super::*;
+    use crate::counters::Counts;
     use crate::providers::ProviderError;
 
     fn row(alias: &str, listen: &str, bytes: u64) -> RouteRow {
         let mut row = RouteRow::from_error(&ProviderError::route("r.yml", alias, "x"));
         row.protocol = Some(Protocol::Tcp);
         row.listen = Some(listen.to_string());
-        row.bytes_in = bytes;
-        row.bytes_out = bytes * 2;
+        row.counters =
+            Counts::from_snapshot(&StatsSnapshot { bytes_in: bytes, bytes_out: bytes * 2, ..Default::default() });
         row.connections_active = 1;
         row.connections_total = bytes / 10;
         row

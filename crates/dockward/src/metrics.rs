@@ -12,9 +12,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use proxy_core::{Protocol, RouteState};
+use proxy_core::{Protocol, RouteState, RouteStatus};
 
 use crate::controller::View;
+use crate::counters::{COUNTERS, Counts};
+use crate::providers::ProviderError;
 
 /// The content type of the classic Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -53,23 +55,12 @@ type RouteLabels = [(&'static str, String); 3];
 
 /// Sums of one route's counters (two table entries may share labels; they are added up).
 #[derive(Default)]
-struct Counts {
+struct Sums {
     up: i64,
-    connections_total: u64,
-    connections_active: i64,
-    udp_sessions_total: u64,
-    udp_sessions_active: i64,
-    bytes_in: u64,
-    bytes_out: u64,
-    datagrams_in: u64,
-    datagrams_out: u64,
-    dial_errors: u64,
-    rejected: u64,
-    udp_evicted: u64,
-    udp_dropped: u64,
-    denied: u64,
-    proxy_header_errors: u64,
-    limited: u64,
+    /// TCP connections or UDP sessions (the labels say which), opened and open now.
+    total: u64,
+    active: i64,
+    counters: Counts,
 }
 
 #[derive(Debug)]
@@ -78,147 +69,89 @@ struct RouteCollector {
 }
 
 impl Collector for RouteCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut routes: BTreeMap<RouteLabels, Counts> = BTreeMap::new();
-        for status in self.view.table().status() {
-            let spec = &status.spec;
-            let labels = [
-                ("alias", spec.alias.clone()),
-                ("protocol", spec.protocol.as_str().to_string()),
-                // The listening address, not the source: a load-balanced route's source is the
-                // list of its replicas, which changes on every scale up or down and would start
-                // a new series (and reset every counter) each time.
-                ("listen", status.bound.unwrap_or(spec.listen).to_string()),
-            ];
-            let c = routes.entry(labels).or_default();
-            let s = &status.stats;
-            c.up += i64::from(status.state == RouteState::Listening);
-            match spec.protocol {
-                Protocol::Tcp => {
-                    c.connections_total += s.total;
-                    c.connections_active += s.active as i64;
-                }
-                Protocol::Udp => {
-                    c.udp_sessions_total += s.total;
-                    c.udp_sessions_active += s.active as i64;
-                }
-            }
-            c.bytes_in += s.bytes_in;
-            c.bytes_out += s.bytes_out;
-            c.datagrams_in += s.datagrams_in;
-            c.datagrams_out += s.datagrams_out;
-            c.dial_errors += s.dial_errors;
-            c.rejected += s.rejected;
-            c.udp_evicted += s.evicted;
-            c.udp_dropped += s.dropped;
-            c.denied += s.denied;
-            c.proxy_header_errors += s.proxy_header_errors;
-            c.limited += s.limited;
-        }
-
-        gauge(
-            &mut encoder,
-            &routes,
-            "route_up",
-            "1 while the route listens, 0 while it is in error or conflict",
-            |c| c.up,
-        )?;
-        let tcp = |l: &RouteLabels| l[1].1 == "tcp";
-        let udp = |l: &RouteLabels| l[1].1 == "udp";
-        counter(&mut encoder, &routes, tcp, "route_connections", "TCP connections accepted and dialled", |c| {
-            c.connections_total
-        })?;
-        gauge_if(&mut encoder, &routes, tcp, "route_connections_active", "TCP connections open now", |c| {
-            c.connections_active
-        })?;
-        counter(&mut encoder, &routes, udp, "route_udp_sessions", "UDP sessions opened", |c| c.udp_sessions_total)?;
-        gauge_if(&mut encoder, &routes, udp, "route_udp_sessions_active", "UDP sessions open now", |c| {
-            c.udp_sessions_active
-        })?;
-        let all = |_: &RouteLabels| true;
-        counter(&mut encoder, &routes, all, "route_bytes_in", "bytes from clients to targets", |c| c.bytes_in)?;
-        counter(&mut encoder, &routes, all, "route_bytes_out", "bytes from targets to clients", |c| c.bytes_out)?;
-        counter(&mut encoder, &routes, udp, "route_datagrams_in", "datagrams from clients to targets", |c| {
-            c.datagrams_in
-        })?;
-        counter(&mut encoder, &routes, udp, "route_datagrams_out", "datagrams from targets to clients", |c| {
-            c.datagrams_out
-        })?;
-        counter(&mut encoder, &routes, all, "route_dial_errors", "dials that reached no target", |c| c.dial_errors)?;
-        counter(
-            &mut encoder,
-            &routes,
-            all,
-            "route_rejected",
-            "clients turned away by max_connections or a hook",
-            |c| c.rejected,
-        )?;
-        counter(&mut encoder, &routes, udp, "route_udp_evicted", "UDP sessions evicted at max_udp_sessions", |c| {
-            c.udp_evicted
-        })?;
-        counter(&mut encoder, &routes, udp, "route_udp_dropped", "UDP datagrams dropped", |c| c.udp_dropped)?;
-        counter(
-            &mut encoder,
-            &routes,
-            all,
-            "route_denied",
-            "clients refused by the route's or the global ACL (TCP connections, UDP datagrams)",
-            |c| c.denied,
-        )?;
-        counter(
-            &mut encoder,
-            &routes,
-            tcp,
-            "route_proxy_header_errors",
-            "TCP connections closed for a missing, invalid, late or untrusted PROXY header",
-            |c| c.proxy_header_errors,
-        )?;
-        counter(
-            &mut encoder,
-            &routes,
-            all,
-            "route_limited",
-            "clients over max_connections_per_ip or rate_limit (TCP connections, UDP datagrams)",
-            |c| c.limited,
-        )?;
-        if let Some(log) = self.view.table().access_log() {
-            let dropped = ConstCounter::new(log.dropped());
-            let family = encoder.encode_descriptor(
-                "access_log_dropped",
-                "access-log lines dropped because the writer fell behind",
-                None,
-                dropped.metric_type(),
-            )?;
-            dropped.encode(family)?;
-        }
-
-        let errors = self.view.provider_errors();
-        let mut by_source: BTreeMap<String, i64> = BTreeMap::new();
-        for e in &errors {
-            *by_source.entry(e.source.clone()).or_default() += 1;
-        }
-        let gauge_metric = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
-            "provider_errors",
-            "inputs that did not become routes, by source",
-            None,
-            gauge_metric.metric_type(),
-        )?;
-        for (source, n) in by_source {
-            let labels = [("source", source)];
-            ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dropped = self.view.table().access_log().map(|log| log.dropped());
+        encode_routes(encoder, &self.view.table().status(), &self.view.provider_errors(), dropped)
     }
+}
+
+/// Encodes the per-route series of `statuses`, the provider-error gauge of `errors` and,
+/// with an access log, the count of its `dropped` lines.
+fn encode_routes(
+    mut encoder: DescriptorEncoder,
+    statuses: &[RouteStatus],
+    errors: &[ProviderError],
+    dropped: Option<u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut routes: BTreeMap<RouteLabels, Sums> = BTreeMap::new();
+    for status in statuses {
+        let spec = &status.spec;
+        let labels = [
+            ("alias", spec.alias.clone()),
+            ("protocol", spec.protocol.as_str().to_string()),
+            // The listening address, not the source: a load-balanced route's source is the
+            // list of its replicas, which changes on every scale up or down and would start
+            // a new series (and reset every counter) each time.
+            ("listen", status.bound.unwrap_or(spec.listen).to_string()),
+        ];
+        let c = routes.entry(labels).or_default();
+        let s = &status.stats;
+        c.up += i64::from(status.state == RouteState::Listening);
+        c.total += s.total;
+        c.active += i64::try_from(s.active).unwrap_or(i64::MAX);
+        c.counters.add(&Counts::from_snapshot(s));
+    }
+
+    gauge(&mut encoder, &routes, "route_up", "1 while the route listens, 0 while it is in error or conflict", |c| {
+        c.up
+    })?;
+    let tcp = |l: &RouteLabels| l[1].1 == Protocol::Tcp.as_str();
+    let udp = |l: &RouteLabels| l[1].1 == Protocol::Udp.as_str();
+    counter(&mut encoder, &routes, tcp, "route_connections", "TCP connections accepted and dialled", |c| c.total)?;
+    gauge_if(&mut encoder, &routes, tcp, "route_connections_active", "TCP connections open now", |c| c.active)?;
+    counter(&mut encoder, &routes, udp, "route_udp_sessions", "UDP sessions opened", |c| c.total)?;
+    gauge_if(&mut encoder, &routes, udp, "route_udp_sessions_active", "UDP sessions open now", |c| c.active)?;
+    for def in COUNTERS {
+        let applies = |l: &RouteLabels| def.protocol.is_none_or(|p| l[1].1 == p.as_str());
+        counter(&mut encoder, &routes, applies, def.metric, def.help, |c| c.counters.get(def.key).unwrap_or_default())?;
+    }
+
+    let mut by_source: BTreeMap<String, i64> = BTreeMap::new();
+    for e in errors {
+        *by_source.entry(e.source.clone()).or_default() += 1;
+    }
+    let gauge_metric = ConstGauge::new(0i64);
+    let mut family = encoder.encode_descriptor(
+        "provider_errors",
+        "inputs that did not become routes, by source",
+        None,
+        gauge_metric.metric_type(),
+    )?;
+    for (source, n) in by_source {
+        let labels = [("source", source)];
+        ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    drop(family);
+    if let Some(dropped) = dropped {
+        let dropped = ConstCounter::new(dropped);
+        let family = encoder.encode_descriptor(
+            "access_log_dropped",
+            "access-log lines dropped because the writer fell behind",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(family)?;
+    }
+    Ok(())
 }
 
 fn counter(
     encoder: &mut DescriptorEncoder,
-    routes: &BTreeMap<RouteLabels, Counts>,
+    routes: &BTreeMap<RouteLabels, Sums>,
     keep: impl Fn(&RouteLabels) -> bool,
     name: &str,
     help: &str,
-    value: impl Fn(&Counts) -> u64,
+    value: impl Fn(&Sums) -> u64,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
     for (labels, counts) in routes.iter().filter(|(l, _)| keep(l)) {
@@ -229,11 +162,11 @@ fn counter(
 
 fn gauge_if(
     encoder: &mut DescriptorEncoder,
-    routes: &BTreeMap<RouteLabels, Counts>,
+    routes: &BTreeMap<RouteLabels, Sums>,
     keep: impl Fn(&RouteLabels) -> bool,
     name: &str,
     help: &str,
-    value: impl Fn(&Counts) -> i64,
+    value: impl Fn(&Sums) -> i64,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
     for (labels, counts) in routes.iter().filter(|(l, _)| keep(l)) {
@@ -244,10 +177,87 @@ fn gauge_if(
 
 fn gauge(
     encoder: &mut DescriptorEncoder,
-    routes: &BTreeMap<RouteLabels, Counts>,
+    routes: &BTreeMap<RouteLabels, Sums>,
     name: &str,
     help: &str,
-    value: impl Fn(&Counts) -> i64,
+    value: impl Fn(&Sums) -> i64,
 ) -> Result<(), std::fmt::Error> {
     gauge_if(encoder, routes, |_| true, name, help, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use proxy_core::{RouteSpec, StatsSnapshot, Target};
+
+    use super::*;
+
+    /// A collector over fixed statuses, for tests.
+    #[derive(Debug)]
+    struct Fixed(Vec<RouteStatus>, Vec<ProviderError>);
+
+    impl Collector for Fixed {
+        fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_routes(encoder, &self.0, &self.1, None)
+        }
+    }
+
+    // `..Default::default()` is needless until a counter is added: then the golden files
+    // gain it (as 0) and nothing else changes here.
+    #[allow(clippy::needless_update)]
+    fn status(alias: &str, protocol: Protocol, listen: &str, state: RouteState, n: u64) -> RouteStatus {
+        let spec = RouteSpec::new(alias, protocol, listen.parse().unwrap(), vec![Target::new("127.0.0.1", 22)]);
+        RouteStatus {
+            bound: None,
+            spec,
+            state,
+            since: SystemTime::UNIX_EPOCH,
+            stats: StatsSnapshot {
+                active: n,
+                total: n + 1,
+                bytes_in: n + 2,
+                bytes_out: n + 3,
+                datagrams_in: n + 4,
+                datagrams_out: n + 5,
+                dial_errors: n + 6,
+                rejected: n + 7,
+                evicted: n + 8,
+                dropped: n + 9,
+                denied: n + 10,
+                proxy_header_errors: n + 11,
+                ..Default::default()
+            },
+            targets: Vec::new(),
+        }
+    }
+
+    fn exposition(openmetrics: bool) -> String {
+        let mut registry = Registry::with_prefix("dockward");
+        let error = RouteState::Error { message: "bind failed".into() };
+        registry.register_collector(Box::new(Fixed(
+            vec![
+                status("ssh", Protocol::Tcp, "127.0.0.1:2222", RouteState::Listening, 100),
+                status("dns", Protocol::Udp, "127.0.0.1:5353", RouteState::Listening, 200),
+                // Two entries with the same labels are added up.
+                status("dns", Protocol::Udp, "127.0.0.1:5353", error, 1000),
+            ],
+            vec![ProviderError::whole("r.yml", "bad"), ProviderError::route("r.yml", "x", "bad")],
+        )));
+        let mut out = String::new();
+        if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn the_exposition_is_exactly_the_documented_one() {
+        // Byte for byte, family order included: the files were taken before the counters
+        // were declared in one list, and guard that list's output.
+        assert_eq!(exposition(false), include_str!("../testdata/metrics.prom"));
+        assert_eq!(exposition(true), include_str!("../testdata/metrics.openmetrics"));
+    }
 }

@@ -32,6 +32,20 @@ pub const LIST_FIELDS: &[&str] = &["allow", "deny", "trusted", "host"];
 /// The only key allowed at the top of a routes file.
 const ROUTES_KEY: &str = "routes";
 
+/// The largest routes file read, in bytes: 2,000 routes take about 100 KB. A larger file
+/// (a log or a disk image moved over it, say) is refused before it is parsed.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The deepest nesting of lists and maps a routes file may have. A routes file needs four
+/// (`routes` → alias → field → list); YAML parsers take time quadratic in the depth, so a
+/// 400 KB file of `[[[[...` would otherwise hold a CPU for minutes.
+pub const MAX_DEPTH: usize = 64;
+
+/// The most characters of a file's content quoted in an error about a file that is not a
+/// routes file: it may be a secret (an `.env` file or a private key moved over it), and
+/// errors are shown by the unauthenticated admin API and logged.
+const FRAGMENT_CHARS: usize = 8;
+
 /// What one routes file defines.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Loaded {
@@ -54,19 +68,50 @@ impl Loaded {
 /// Reads and parses the routes file at `path`; the path as given is the routes' source.
 pub fn load(path: &Path) -> Loaded {
     let source = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match read(path) {
         Ok(text) => parse(&source, &text),
-        Err(e) => {
+        Err(message) => {
             let mut loaded = Loaded::default();
-            loaded.error(&source, format!("cannot read the file: {e}"));
+            loaded.error(&source, message);
             loaded
         }
     }
 }
 
+/// The text of the file at `path`, read up to [`MAX_FILE_BYTES`]; `Err` says why not.
+fn read(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("the file is larger than {} MiB; is it a routes file?", MAX_FILE_BYTES / (1024 * 1024)));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not UTF-8 text (invalid byte at offset {}); is it a routes file?",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 /// Parses the text of a routes file named `source`.
 pub fn parse(source: &str, text: &str) -> Loaded {
     let mut loaded = Loaded::default();
+    if text.len() as u64 > MAX_FILE_BYTES {
+        loaded.error(
+            source,
+            format!("the file is larger than {} MiB; is it a routes file?", MAX_FILE_BYTES / (1024 * 1024)),
+        );
+        return loaded;
+    }
+    if let Some(line) = too_deep(text, MAX_DEPTH) {
+        loaded.error(
+            source,
+            format!("lists and maps nested more than {MAX_DEPTH} deep (line {line}); a routes file needs 4"),
+        );
+        return loaded;
+    }
     let mut doc: Value = match serde_norway::from_str(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -85,15 +130,23 @@ pub fn parse(source: &str, text: &str) -> Loaded {
             loaded.error(source, "the file is empty; write `routes: {}` for a file with no routes");
             return loaded;
         }
+        // Never quoted: a file that is one text (an `.env` file, a private key) may be a secret.
         other => {
-            loaded.error(source, format!("expected a `routes:` map at the top, found {}", describe(&other)));
+            let found = match scalar_text(&other) {
+                Some(text) => format!("a text of {} bytes, not YAML of routes; is it a routes file?", text.len()),
+                None => describe(&other),
+            };
+            loaded.error(source, format!("expected a `routes:` map at the top, found {found}"));
             return loaded;
         }
     };
 
     let mut routes = None;
     for (key, value) in top {
-        let key = scalar_text(&key).unwrap_or_else(|| format!("{key:?}"));
+        let Some(key) = scalar_text(&key) else {
+            loaded.error(source, format!("a top-level key must be a name, found {}", describe(&key)));
+            continue;
+        };
         if key == ROUTES_KEY {
             routes = Some(value);
         } else {
@@ -101,7 +154,7 @@ pub fn parse(source: &str, text: &str) -> Loaded {
                 Some(hint) => format!(" (did you mean {hint:?}?)"),
                 None => format!(" (the only top-level key is {ROUTES_KEY:?})"),
             };
-            loaded.error(source, format!("unknown top-level key {}{hint}", route_spec::fields::Clipped::quoted(&key)));
+            loaded.error(source, format!("unknown top-level key {}{hint}", fragment(&key)));
         }
     }
     let entries = match routes {
@@ -223,6 +276,96 @@ fn scalar_text(value: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Null | Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => None,
     }
+}
+
+/// `text` quoted whole when it looks like a key someone typed (a short name), else only its
+/// first few characters: a long or odd key may be a line of a secret file (`root:$6$...`).
+fn fragment(text: &str) -> String {
+    let name_like = text.len() <= 32 && text.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if name_like {
+        return format!("{text:?}");
+    }
+    let shown: String = text.chars().take(FRAGMENT_CHARS).collect();
+    format!("{shown:?}… ({} bytes)", text.len())
+}
+
+/// The line (from 1) where `text`'s lists and maps nest deeper than `max`, or `None`.
+///
+/// A quick over-estimate made before parsing, so that a hostile file costs a linear scan:
+/// each `[`/`{` opens a level, each indentation deeper than the line above and each leading
+/// `- `/`? ` (compact nesting, `- - - x`) opens one. Quoted text and comments are skipped.
+fn too_deep(text: &str, max: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut flow, mut line) = (0usize, 1usize);
+    let mut indents: Vec<usize> = Vec::new();
+    let mut i = 0;
+    // Whether the previous byte lets a quote or a bracket start a token.
+    let mut token_start = true;
+    let mut line_start = true;
+    while i < bytes.len() {
+        if std::mem::take(&mut line_start) && flow == 0 {
+            let indent = bytes[i..].iter().take_while(|&&b| b == b' ').count();
+            let rest = &bytes[i + indent..];
+            if !(rest.is_empty() || rest[0] == b'\n' || rest[0] == b'#' || rest.starts_with(b"\r\n")) {
+                while indents.last().is_some_and(|&top| top > indent) {
+                    indents.pop();
+                }
+                if indents.last().is_none_or(|&top| top < indent) {
+                    indents.push(indent);
+                }
+                let mut compact = 0;
+                let mut j = 0;
+                while j + 1 < rest.len() && matches!(rest[j], b'-' | b'?') && matches!(rest[j + 1], b' ' | b'\t') {
+                    compact += 1;
+                    j += 2;
+                    while j < rest.len() && rest[j] == b' ' {
+                        j += 1;
+                    }
+                }
+                if indents.len() + compact > max {
+                    return Some(line);
+                }
+            }
+        }
+        let b = bytes[i];
+        match b {
+            b'\n' => {
+                line += 1;
+                line_start = true;
+            }
+            b'#' if token_start => {
+                // A comment runs to the end of the line.
+                while i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' | b'\'' if token_start => {
+                // Quoted text, possibly over several lines: `\` escapes in "..", `''` in '..'.
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\n' => line += 1,
+                        b'\\' if b == b'"' => i += 1,
+                        q if q == b && b == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == b => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' if token_start => {
+                flow += 1;
+                if indents.len() + flow > max {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' if flow > 0 => flow -= 1,
+            _ => {}
+        }
+        token_start = matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':' | b'-' | b'?');
+        i += 1;
+    }
+    None
 }
 
 /// "a list", "a map", "\"22\"": what a value is, for error messages.
@@ -490,6 +633,80 @@ mod tests {
             &readme[from..to],
             want,
             "README.md's field table is out of date; rerun with UPDATE_README=1 to rewrite it as:\n{want}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_yaml_of_routes_is_never_quoted() {
+        let secrets = [
+            "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\nAWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\nDB_PASS=hunter2\n",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQyNTUxOQAAACBzZWNyZXRzZWNyZXRzZWNyZXRzZWNyZXRzZWNyZXQAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+            "root:$6$Zx8ke3Rq$ShadowHashShadowHashShadowHash/abcdefgh:19000:0:99999:7:::\n",
+            "root: $6$Zx8ke3Rq$ShadowHashShadowHashShadowHash/abcdefgh\n",
+            "daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\nroot: $6$Zx8ke3Rq$ShadowHash\n",
+        ];
+        for text in secrets {
+            let errors = errors(text);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            for word in ["hunter2", "wJalrXUtnFEMI", "c2VjcmV0", "ShadowHash", "Zx8ke3Rq", "AKIAIOSFODNN7"] {
+                assert!(!errors[0].contains(word), "{word} leaked: {}", errors[0]);
+            }
+        }
+        assert_eq!(
+            errors("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG\n"),
+            [
+                "r.yml: expected a `routes:` map at the top, found a text of 43 bytes, not YAML of routes; is it a routes file?"
+            ]
+        );
+        assert_eq!(
+            errors("root:$6$Zx8ke3Rq$ShadowHash: x\n"),
+            [r#"r.yml: unknown top-level key "root:$6$"… (27 bytes) (the only top-level key is "routes")"#]
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing_and_quickly() {
+        let started = std::time::Instant::now();
+        for text in [
+            format!("routes: {}{}\n", "[".repeat(200_000), "]".repeat(200_000)),
+            format!("routes: {}\n", "{a: ".repeat(200_000)),
+            format!("routes:\n{}x\n", "- ".repeat(200_000)),
+            format!("{}x\n", "? ".repeat(200_000)),
+            (0..100).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect(),
+        ] {
+            let e = errors(&text);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].starts_with("r.yml: lists and maps nested more than 64 deep (line "), "{}", e[0]);
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        // Brackets in quotes and comments are text.
+        let e = errors(&format!(
+            "routes: # {open}\n  a: {{port: 1, host: \"{open}\"}}\n  b: {{port: 2, host: '{open}'}}\n",
+            open = "[".repeat(100)
+        ));
+        assert_eq!(e.len(), 2);
+        assert!(e.iter().all(|e| e.contains("is not a host name")), "{e:?}");
+        let depth_60 = format!("routes: {{}}\nx: {}{}\n", "[".repeat(60), "]".repeat(60));
+        assert_eq!(errors(&depth_60), [r#"r.yml: unknown top-level key "x" (the only top-level key is "routes")"#]);
+    }
+
+    #[test]
+    fn a_file_too_large_or_not_text_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yml");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let e = load(&big).errors[0].to_string();
+        assert_eq!(e, format!("{}: the file is larger than 8 MiB; is it a routes file?", big.display()));
+        let binary = dir.path().join("bin.yml");
+        std::fs::write(&binary, b"routes: {}\n\xff\xfe").unwrap();
+        let e = load(&binary).errors[0].to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: the file is not UTF-8 text (invalid byte at offset 11); is it a routes file?",
+                binary.display()
+            )
         );
     }
 

@@ -12,39 +12,65 @@ use serde::{Deserialize, Serialize};
 
 use crate::route::{RouteId, RouteSpec, Target};
 
-/// Live counters of one route; shared by its listener and every connection or session.
-#[derive(Debug, Default)]
-pub struct RouteStats {
+/// Declares the counters once: each becomes an atomic field of [`RouteStats`], a field of
+/// [`StatsSnapshot`] (0 when missing from its JSON) and a line of [`RouteStats::snapshot`].
+/// dockward's `counters.rs` says how each is shown (JSON, table, /metrics).
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])+ $name:ident,)+) => {
+        /// Live counters of one route; shared by its listener and every connection or session.
+        #[derive(Debug, Default)]
+        pub struct RouteStats {
+            $($(#[doc = $doc])+ pub $name: AtomicU64,)+
+            last_error: Mutex<Option<String>>,
+        }
+
+        /// A plain copy of [`RouteStats`].
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct StatsSnapshot {
+            $($(#[doc = $doc])+ #[serde(default)] pub $name: u64,)+
+            /// The latest error text.
+            pub last_error: Option<String>,
+        }
+
+        impl RouteStats {
+            /// A consistent-enough copy of every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Relaxed),)+ last_error: self.last_error() }
+            }
+        }
+    };
+}
+
+counters! {
     /// TCP connections or UDP sessions open now.
-    pub active: AtomicU64,
+    active,
     /// TCP connections or UDP sessions opened since the route started.
-    pub total: AtomicU64,
+    total,
     /// Bytes from clients to targets.
-    pub bytes_in: AtomicU64,
+    bytes_in,
     /// Bytes from targets to clients.
-    pub bytes_out: AtomicU64,
+    bytes_out,
     /// Datagrams from clients to targets (UDP only).
-    pub datagrams_in: AtomicU64,
+    datagrams_in,
     /// Datagrams from targets to clients (UDP only).
-    pub datagrams_out: AtomicU64,
+    datagrams_out,
     /// Dials that reached no target (refused, timed out, unresolved).
-    pub dial_errors: AtomicU64,
+    dial_errors,
     /// Clients turned away by `max_connections` or a pre-dial hook.
-    pub rejected: AtomicU64,
+    rejected,
     /// UDP sessions evicted at the `max_udp_sessions` cap.
-    pub evicted: AtomicU64,
+    evicted,
     /// Datagrams dropped (ACL or hook refusal, dial failure, send failure).
-    pub dropped: AtomicU64,
+    dropped,
     /// Clients refused by the route's or the global ACL (TCP connections closed at accept,
     /// UDP datagrams that would have opened a session).
-    pub denied: AtomicU64,
+    denied,
     /// TCP connections closed for a missing, invalid or late PROXY header, or for coming
     /// from an untrusted peer when a header is required.
-    pub proxy_header_errors: AtomicU64,
+    proxy_header_errors,
     /// Clients over a per-client limit (`max_connections_per_ip`, `rate_limit`): TCP
     /// connections closed at accept, UDP datagrams that would have opened a session.
-    pub limited: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    limited,
 }
 
 impl RouteStats {
@@ -65,62 +91,6 @@ impl RouteStats {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|slot| slot.clone())
     }
-
-    /// A consistent-enough copy of every counter.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            active: self.active.load(Relaxed),
-            total: self.total.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            datagrams_in: self.datagrams_in.load(Relaxed),
-            datagrams_out: self.datagrams_out.load(Relaxed),
-            dial_errors: self.dial_errors.load(Relaxed),
-            rejected: self.rejected.load(Relaxed),
-            evicted: self.evicted.load(Relaxed),
-            dropped: self.dropped.load(Relaxed),
-            denied: self.denied.load(Relaxed),
-            proxy_header_errors: self.proxy_header_errors.load(Relaxed),
-            limited: self.limited.load(Relaxed),
-            last_error: self.last_error(),
-        }
-    }
-}
-
-/// A plain copy of [`RouteStats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsSnapshot {
-    /// TCP connections or UDP sessions open now.
-    pub active: u64,
-    /// TCP connections or UDP sessions opened since the route started.
-    pub total: u64,
-    /// Bytes from clients to targets.
-    pub bytes_in: u64,
-    /// Bytes from targets to clients.
-    pub bytes_out: u64,
-    /// Datagrams from clients to targets (UDP only).
-    pub datagrams_in: u64,
-    /// Datagrams from targets to clients (UDP only).
-    pub datagrams_out: u64,
-    /// Dials that reached no target.
-    pub dial_errors: u64,
-    /// Clients turned away by a limit or a hook.
-    pub rejected: u64,
-    /// UDP sessions evicted at the cap.
-    pub evicted: u64,
-    /// Datagrams dropped.
-    pub dropped: u64,
-    /// Clients refused by an ACL.
-    #[serde(default)]
-    pub denied: u64,
-    /// TCP connections closed for a missing, invalid, late or untrusted PROXY header.
-    #[serde(default)]
-    pub proxy_header_errors: u64,
-    /// Clients over a per-client limit.
-    #[serde(default)]
-    pub limited: u64,
-    /// The latest error text.
-    pub last_error: Option<String>,
 }
 
 /// Whether a route is serving.

@@ -1,7 +1,9 @@
 //! `dockward check`: validates route files and container labels.
 //!
 //! Prints the routes they define (stdout), or every error with file (or container), alias,
-//! field or label, and value (stderr), and fails when there is any error. Two routes that
+//! field or label, and value (stderr), and fails when there is any error. The table comes
+//! from [`crate::table`], and notes and errors are escaped the same way; `--json` prints the
+//! same as one [`CheckJson`] object instead. Two routes that
 //! would fight over one listen address are an error too: at run time the younger one would
 //! sit in conflict.
 //!
@@ -10,16 +12,19 @@
 //! (`--container NAME`, checked against their real networks). Labels go through the very
 //! function the Docker provider uses, so what passes here is what `run` serves.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use docker_watcher::swarm::SWARM_SERVICE_ID_LABEL;
 use docker_watcher::{ContainerRoutes, DockerConfig};
-use proxy_core::RouteSpec;
+use proxy_core::{Protocol, RouteSpec};
+use serde::Serialize;
 
 use crate::cli::CheckArgs;
 use crate::routes_file;
+use crate::table::{self, escape};
 
 /// How long `--container` waits for the engine.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,21 +174,112 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     }
     report.add_conflicts();
 
+    if args.json {
+        return print_json(&report);
+    }
     if !report.routes.is_empty() {
         print!("{}", render(&report.routes));
     }
+    // Notes, errors and input names quote labels, hosts and file contents: escaped, so that
+    // none of them can forge a line or drive the terminal.
     for note in &report.notes {
-        println!("note: {note}");
+        println!("note: {}", escape(note));
     }
     if report.errors.is_empty() {
-        println!("ok: {} in {}", plural(report.routes.len(), "route"), report.inputs());
+        println!("ok: {} in {}", plural(report.routes.len(), "route"), escape(&report.inputs()));
         return ExitCode::SUCCESS;
     }
     for e in &report.errors {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", escape(e));
     }
-    eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), report.inputs());
+    eprintln!("check failed: {} in {}", plural(report.errors.len(), "error"), escape(&report.inputs()));
     ExitCode::FAILURE
+}
+
+/// The JSON form of a check (`dockward check --json`): its shape is documented in the README
+/// and only ever gains fields.
+#[derive(Debug, Serialize)]
+pub struct CheckJson<'a> {
+    /// True when there is no error (exit status 0).
+    pub ok: bool,
+    /// The routes the inputs define, as the table lists them.
+    pub routes: Vec<RouteJson<'a>>,
+    /// Every error, as `check` prints it after `error: `.
+    pub errors: &'a [String],
+    /// What is worth knowing but not wrong, as `check` prints it after `note: `.
+    pub notes: &'a [String],
+    /// What was read.
+    pub inputs: InputsJson<'a>,
+}
+
+/// One route of [`CheckJson`].
+#[derive(Debug, Serialize)]
+pub struct RouteJson<'a> {
+    /// The alias.
+    pub alias: &'a str,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// The scheme: `tcp`, `udp4`, ...
+    pub scheme: String,
+    /// The listen address asked for (port 0: the OS picks one).
+    pub listen: String,
+    /// The targets, as `host:port`.
+    pub targets: Vec<String>,
+    /// The file path or container name it comes from.
+    pub source: &'a str,
+    /// The options that differ from their defaults, by name, as a user would write them.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The inputs of [`CheckJson`].
+#[derive(Debug, Serialize)]
+pub struct InputsJson<'a> {
+    /// How many routes files were read.
+    pub files: usize,
+    /// How many labels were given with `--labels`.
+    pub labels: usize,
+    /// The containers asked for with `--container`.
+    pub containers: &'a [String],
+}
+
+impl Report {
+    /// The report as data, for `--json`.
+    pub fn to_json(&self) -> CheckJson<'_> {
+        CheckJson {
+            ok: self.errors.is_empty(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteJson {
+                    alias: &r.alias,
+                    protocol: r.protocol,
+                    scheme: r.scheme().to_string(),
+                    listen: r.listen.to_string(),
+                    targets: r.targets.iter().map(|t| t.to_string()).collect(),
+                    source: &r.source,
+                    options: route_spec::fields::changed_options(&r.options)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                })
+                .collect(),
+            errors: &self.errors,
+            notes: &self.notes,
+            inputs: InputsJson { files: self.files, labels: self.labels, containers: &self.containers },
+        }
+    }
+}
+
+/// Prints the report as JSON on stdout; exit 1 on any error.
+fn print_json(report: &Report) -> ExitCode {
+    match serde_json::to_string_pretty(&report.to_json()) {
+        Ok(text) => println!("{text}"),
+        Err(e) => {
+            eprintln!("error: encoding the report: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// `1 route`, `2 routes`.
@@ -193,33 +289,22 @@ fn plural(n: usize, what: &str) -> String {
 
 /// The table of valid routes: ALIAS, PROTO, LISTEN, TARGETS, SOURCE, OPTIONS (non-defaults).
 fn render(routes: &[RouteSpec]) -> String {
-    let header = ["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "OPTIONS"].map(String::from).to_vec();
-    let mut lines = vec![header];
-    for r in routes {
-        let targets: Vec<String> = r.targets.iter().map(|t| t.to_string()).collect();
-        let options = route_spec::fields::options_text(&r.options);
-        lines.push(vec![
-            r.alias.clone(),
-            r.scheme().to_string(),
-            r.listen.to_string(),
-            targets.join(","),
-            r.source.clone(),
-            if options.is_empty() { "-".into() } else { options },
-        ]);
-    }
-    let mut widths = vec![0; lines[0].len()];
-    for line in &lines {
-        for (w, cell) in widths.iter_mut().zip(line) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in &lines {
-        let cells: Vec<String> = line.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            let targets: Vec<String> = r.targets.iter().map(|t| t.to_string()).collect();
+            let options = route_spec::fields::options_text(&r.options);
+            vec![
+                r.alias.clone(),
+                r.scheme().to_string(),
+                r.listen.to_string(),
+                targets.join(","),
+                r.source.clone(),
+                if options.is_empty() { "-".into() } else { options },
+            ]
+        })
+        .collect();
+    table::render(&["ALIAS", "PROTO", "LISTEN", "TARGETS", "SOURCE", "OPTIONS"], &rows)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
 use hyper::Request;
 use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
@@ -15,9 +15,15 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::admin::AdminAddr;
 use crate::cli::RoutesArgs;
 use crate::routes_view::{RouteRow, render_table};
+use crate::table;
 
 /// How long the admin API may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest answer read from the admin API. `GET /routes` is about 750 bytes a route
+/// (1.5 MB for 2,000), so 64 MiB is some 80,000 routes; a port that streams without end
+/// (not an admin API at all) is cut off here instead of filling memory until the timeout.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 /// Prints the routes as a table, or as the admin API's JSON with `--json`.
 pub async fn routes(args: RoutesArgs) -> anyhow::Result<()> {
@@ -49,7 +55,16 @@ pub async fn get(addr: &AdminAddr, path: &str) -> anyhow::Result<Bytes> {
                 request(stream, &tcp.to_string(), path).await.with_context(|| format!("asking {addr} for {path}"))
             }
             AdminAddr::Unix(socket) => {
-                let stream = UnixStream::connect(socket).await.with_context(unreachable)?;
+                let stream = match UnixStream::connect(socket).await {
+                    Ok(stream) => stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "permission denied opening {addr}: the socket is mode 0600; run as the user \
+                             dockward runs as (or root)"
+                        )));
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(unreachable())),
+                };
                 request(stream, "localhost", path).await.with_context(|| format!("asking {addr} for {path}"))
             }
         }
@@ -73,9 +88,16 @@ where
     let req = Request::get(path).header(HOST, host).body(Empty::<Bytes>::new()).context("building the request")?;
     let resp = sender.send_request(req).await.context("the request failed")?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+    let body = match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            bail!("the answer is larger than {} MiB: is this a dockward admin API?", MAX_ANSWER >> 20)
+        }
+        Err(e) => return Err(anyhow::anyhow!(e).context("reading the answer")),
+    };
     if !status.is_success() {
-        bail!("answered {status}: {}", String::from_utf8_lossy(&body).trim());
+        // Whatever answered chose this text: escaped and clipped before it reaches a terminal.
+        bail!("answered {status}: {}", table::cell(String::from_utf8_lossy(&body).trim()));
     }
     Ok(body)
 }

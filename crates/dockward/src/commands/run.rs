@@ -12,11 +12,13 @@ use crate::access_log;
 use crate::admin::{self, AdminListener};
 use crate::cli::RunArgs;
 use crate::controller::Controller;
+use crate::providers::file::FileOptions;
 use crate::providers::{self, docker::DockerOptions};
+use crate::reload::Reload;
 
 /// Runs until SIGINT or SIGTERM, then stops cleanly: listeners close at once, open
 /// connections may finish for up to the largest `drain_grace` of the routes. A second
-/// signal stops waiting for them.
+/// signal stops waiting for them. SIGHUP reloads: every routes file is read again.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // First, so that a signal arriving during start-up is handled, not fatal.
     let mut signals = Signals::new()?;
@@ -24,7 +26,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to serve: give --routes FILE, or leave out --no-docker to serve Docker labels");
     }
 
-    raise_nofile_limit();
+    let nofile = raise_nofile_limit();
+    let mut admin_limits = admin::AdminLimits::for_nofile(nofile.unwrap_or(1024));
+    admin_limits.header_timeout = args.admin_header_timeout;
+    admin_limits.idle_timeout = args.admin_idle_timeout;
+    if let Some(max) = args.admin_max_connections {
+        admin_limits.max_connections = max.max(1);
+    }
 
     // The admin API binds before any route, so a taken admin port stops us before we serve.
     let listener = AdminListener::bind(&args.admin.admin).await?;
@@ -32,6 +40,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let global_acl = args.global_acl();
     let shutdown = CancellationToken::new();
+    let reload = Reload::new();
+    let file_options = FileOptions { reread: args.reread_interval, reload: reload.clone() };
     let mut providers = Vec::new();
     let mut seen = HashSet::new();
     for path in args.routes {
@@ -39,7 +49,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             warn!(file = %path.display(), "routes file given twice; reading it once");
             continue;
         }
-        providers.push(providers::file::spawn(path, shutdown.child_token())?);
+        providers.push(providers::file::spawn(path, file_options.clone(), shutdown.child_token())?);
     }
     let docker =
         DockerOptions { disabled: args.no_docker, host: args.docker_host, label_filters: args.docker_label_filter };
@@ -59,32 +69,40 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(listener, controller.view(), admin_stop.clone()));
-    info!(admin = %bound, "admin API listening");
+    let admin_thread = admin::spawn_thread(listener, controller.view(), admin_limits, admin_stop.clone())?;
+    info!(admin = %bound, max_connections = admin_limits.max_connections, "admin API listening");
     if let Some(file) = &args.admin_addr_file {
         admin::write_addr_file(file, &bound)?;
     }
     let view = controller.view();
     let mut controller_task = tokio::spawn(controller.run(shutdown.clone()));
 
-    let first = tokio::select! {
-        name = signals.next() => name,
-        finished = &mut controller_task => {
-            finished.context("the controller stopped unexpectedly")?;
-            anyhow::bail!("the controller stopped unexpectedly");
+    let first = loop {
+        tokio::select! {
+            name = signals.next() => match name {
+                "SIGHUP" => {
+                    let listeners = reload.trigger();
+                    info!(signal = name, listeners, "reloading: reading the routes files again");
+                }
+                name => break name,
+            },
+            finished = &mut controller_task => {
+                finished.context("the controller stopped unexpectedly")?;
+                anyhow::bail!("the controller stopped unexpectedly");
+            }
         }
     };
     info!(signal = first, "stopping");
     shutdown.cancel();
     tokio::select! {
         finished = &mut controller_task => finished.context("the controller failed while stopping")?,
-        second = signals.next() => {
+        second = signals.next_stop() => {
             warn!(signal = second, "second signal: exiting without waiting for open connections");
             anyhow::bail!("stopped by a second {second} before open connections finished");
         }
     }
     admin_stop.cancel();
-    let _ = admin_task.await;
+    let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     if let Some(writer) = access_log {
         // The routes are stopped: with the table's sink gone, the writer ends once it has
         // written what is queued.
@@ -95,10 +113,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM.
+/// SIGINT and SIGTERM (stop), SIGHUP (reload).
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -106,6 +125,7 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
@@ -114,13 +134,25 @@ impl Signals {
         tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+
+    /// The name of the next stop signal; SIGHUP while stopping is logged and ignored.
+    async fn next_stop(&mut self) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => info!(signal = "SIGHUP", "stopping: no reload"),
+                name => return name,
+            }
         }
     }
 }
 
 /// Lifts the soft open-file limit to the hard one, so the usual 1,024 does not cap the
 /// forwarder at ~500 TCP connections; says so, and warns when even the hard limit is low.
-fn raise_nofile_limit() {
+/// Returns the limit now in force, when it could be read.
+fn raise_nofile_limit() -> Option<u64> {
     match proxy_core::limits::raise_nofile_limit() {
         Ok(limit) => {
             if limit.after > limit.before {
@@ -133,8 +165,12 @@ fn raise_nofile_limit() {
                      session one; raise it (ulimit -Hn, LimitNOFILE= in systemd, ulimits: in compose)"
                 );
             }
+            Some(limit.after)
         }
-        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the open-file limit");
+            None
+        }
     }
 }
 

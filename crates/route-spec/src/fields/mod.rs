@@ -319,11 +319,11 @@ pub fn option_text(options: &RouteOptions, field_name: &str) -> String {
     }
 }
 
-/// `connect_timeout=2s drain_grace=5s`: the options that differ from their defaults, by name
-/// in alphabetical order, each as a user would write it (`dockward check`'s OPTIONS column).
-pub fn options_text(options: &RouteOptions) -> String {
+/// The options that differ from their defaults, as `(name, value)` in alphabetical order,
+/// each value as a user would write it (`dockward check`'s OPTIONS column and `--json`).
+pub fn changed_options(options: &RouteOptions) -> Vec<(&'static str, String)> {
     let default = RouteOptions::default();
-    let mut set: Vec<(&str, String)> = FIELDS
+    let mut set: Vec<(&'static str, String)> = FIELDS
         .iter()
         .filter_map(|f| match f.value {
             Value::Option { slot } if !slot.same(options, &default) => Some((f.name, slot.show(options))),
@@ -331,7 +331,12 @@ pub fn options_text(options: &RouteOptions) -> String {
         })
         .collect();
     set.sort_unstable_by_key(|(name, _)| *name);
-    set.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ")
+    set
+}
+
+/// `connect_timeout=2s drain_grace=5s`: [`changed_options`] as one line.
+pub fn options_text(options: &RouteOptions) -> String {
+    changed_options(options).iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ")
 }
 
 impl RouteOptions {
