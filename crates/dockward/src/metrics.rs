@@ -131,7 +131,6 @@ fn encode_routes(
         let labels = [("source", source)];
         ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
     }
-    drop(family);
     if let Some(dropped) = dropped {
         let dropped = ConstCounter::new(dropped);
         let family = encoder.encode_descriptor(
