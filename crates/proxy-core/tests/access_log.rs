@@ -135,3 +135,24 @@ async fn a_full_queue_drops_lines_and_counts_them_without_stalling_traffic() {
     eventually("19 lines are counted as dropped", || log.dropped() == 19).await;
     table.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_route_with_access_log_false_is_left_out() {
+    init_tracing();
+    let echo = echo_server();
+    let (table, _log, mut rx) = logged_table(16);
+    let quiet =
+        tcp_route("quiet", echo.addr).with_options(RouteOptions { access_log: false, ..RouteOptions::default() });
+    table.apply(vec![quiet, tcp_route("loud", echo.addr)]).await;
+    for alias in ["quiet", "loud"] {
+        let mut client = TcpStream::connect(bound_of(&table, alias)).await.expect("connect");
+        echo_once(&mut client, b"x").await;
+        client.shutdown().await.expect("FIN");
+        let mut rest = Vec::new();
+        within("the proxy's FIN", client.read_to_end(&mut rest)).await.expect("read");
+    }
+    let event = next(&mut rx).await;
+    assert_eq!(&*event.alias, "loud", "only the route that logs sends events");
+    table.shutdown().await;
+    assert!(rx.try_recv().is_err(), "nothing from the quiet route");
+}
