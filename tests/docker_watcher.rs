@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher, OwnContainer};
 use dockward_tests::docker::{ContainerSpec, TestEngine, free_tcp_port, run_id};
+use dockward_tests::on_each_engine;
 use proxy_core::{Protocol, Target};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -23,8 +24,13 @@ const NO_RESYNC: Duration = Duration::from_secs(3600);
 /// How long an event-driven change may take before the test fails (expected: milliseconds).
 const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 
-fn config() -> DockerConfig {
-    DockerConfig { resync_interval: NO_RESYNC, own_container: OwnContainer::Disabled, ..Default::default() }
+fn config(engine: &TestEngine) -> DockerConfig {
+    DockerConfig {
+        host: engine.host.clone(),
+        resync_interval: NO_RESYNC,
+        own_container: OwnContainer::Disabled,
+        ..Default::default()
+    }
 }
 
 /// A running watcher, cancelled when dropped.
@@ -97,171 +103,9 @@ fn has(s: &DockerSnapshot, name: &str) -> bool {
 }
 
 #[tokio::test]
-async fn labelled_host_network_container_appears_with_a_loopback_target() {
-    let Some(engine) = TestEngine::connect("labelled_host_network_container_appears").await else { return };
-    let mut w = Running::synced(config()).await;
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let c = engine
-        .run(&ContainerSpec::sleeper(
-            "appear",
-            &[
-                ("proxy.aliases", "ssh,dns"),
-                ("proxy.ssh.port", &port),
-                ("proxy.dns.port", "53"),
-                ("proxy.dns.scheme", "udp"),
-            ],
-        ))
-        .await;
-
-    let snap = w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-    let entry = snap.by_name(&c.name).expect("present");
-    assert_eq!(entry.id, c.id);
-    assert!(entry.errors.is_empty(), "{:?}", entry.errors);
-    assert_eq!(
-        routes_of(&snap, &c.name).expect("present"),
-        vec![
-            ("ssh".to_string(), Protocol::Tcp, listen, Target::new("127.0.0.1", target)),
-            ("dns".to_string(), Protocol::Udp, 0, Target::new("127.0.0.1", 53)),
-        ]
-    );
-    assert!(entry.routes.iter().all(|r| r.source == c.name), "the source of every route is the container name");
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn containers_running_before_the_watcher_are_found_by_the_first_list() {
-    let Some(engine) = TestEngine::connect("found_by_the_first_list").await else { return };
-    let c = engine.run(&ContainerSpec::sleeper("prelisted", &[("proxy.web.port", "18080:80")])).await;
-    let w = Running::synced(config()).await;
-    let snap = w.rx.borrow().clone();
-    assert_eq!(
-        routes_of(&snap, &c.name),
-        Some(vec![("web".to_string(), Protocol::Tcp, 18080, Target::new("127.0.0.1", 80))])
-    );
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn stop_removes_the_routes_and_restart_brings_them_back() {
-    let Some(engine) = TestEngine::connect("stop_and_restart").await else { return };
-    let mut w = Running::synced(config()).await;
-    let listen = free_tcp_port();
-    let port = format!("{listen}:22");
-    let c = engine.run(&ContainerSpec::sleeper("stoprestart", &[("proxy.ssh.port", &port)])).await;
-    let before = w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-    let routes_before = routes_of(&before, &c.name);
-
-    c.stop().await;
-    w.wait("the stopped container gone", EVENT_DEADLINE, |s| !has(s, &c.name)).await;
-
-    c.start().await;
-    let after = w.wait("the restarted container back", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-    assert_eq!(routes_of(&after, &c.name), routes_before, "same routes, same listen port");
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn a_paused_container_contributes_no_routes_until_unpaused() {
-    let Some(engine) = TestEngine::connect("paused_container").await else { return };
-    let mut w = Running::synced(config()).await;
-    let c = engine.run(&ContainerSpec::sleeper("pause", &[("proxy.p.port", "1234")])).await;
-    w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-
-    c.pause().await;
-    w.wait("the paused container gone", EVENT_DEADLINE, |s| !has(s, &c.name)).await;
-
-    c.unpause().await;
-    w.wait("the unpaused container back", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn a_removed_container_is_gone() {
-    let Some(engine) = TestEngine::connect("removed_container").await else { return };
-    let mut w = Running::synced(config()).await;
-    let c = engine.run(&ContainerSpec::sleeper("destroy", &[("proxy.d.port", "4321")])).await;
-    w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-    c.remove().await;
-    w.wait("the removed container gone", EVENT_DEADLINE, |s| !s.containers.contains_key(&c.id)).await;
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn a_renamed_container_changes_the_source_of_its_routes() {
-    let Some(engine) = TestEngine::connect("renamed_container").await else { return };
-    let mut w = Running::synced(config()).await;
-    let mut c = engine.run(&ContainerSpec::sleeper("rename", &[("proxy.r.port", "4322")])).await;
-    w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
-    let new_name = format!("{}-renamed", c.name);
-    c.rename(&new_name).await;
-    let snap = w.wait("the new name", EVENT_DEADLINE, |s| has(s, &new_name)).await;
-    let entry = snap.by_name(&new_name).expect("present");
-    assert_eq!(entry.routes[0].source, new_name);
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn bad_labels_on_one_container_do_not_affect_a_good_one() {
-    let Some(engine) = TestEngine::connect("bad_labels_isolated").await else { return };
-    let mut w = Running::synced(config()).await;
-    let (good_port, ok_port) = (free_tcp_port(), free_tcp_port());
-    let good_spec = format!("{good_port}:7");
-    let ok_spec = format!("{ok_port}:7");
-    let bad = engine
-        .run(&ContainerSpec::sleeper(
-            "bad",
-            &[
-                ("proxy.aliases", "ok,broken,typo"),
-                ("proxy.ok.port", &ok_spec),
-                ("proxy.broken.port", "22:22:22"),
-                ("proxy.typo.port", "2200:22"),
-                ("proxy.typo.scheme", "tcpp"),
-            ],
-        ))
-        .await;
-    let good = engine.run(&ContainerSpec::sleeper("good", &[("proxy.echo.port", &good_spec)])).await;
-
-    let snap = w.wait("both containers", EVENT_DEADLINE, |s| has(s, &bad.name) && has(s, &good.name)).await;
-    assert_eq!(
-        routes_of(&snap, &good.name),
-        Some(vec![("echo".to_string(), Protocol::Tcp, good_port, Target::new("127.0.0.1", 7))])
-    );
-    let bad_entry = snap.by_name(&bad.name).expect("present");
-    assert_eq!(
-        routes_of(&snap, &bad.name),
-        Some(vec![("ok".to_string(), Protocol::Tcp, ok_port, Target::new("127.0.0.1", 7))]),
-        "the valid alias of the bad container still works"
-    );
-    let errors: Vec<String> = bad_entry.errors.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        errors,
-        vec![
-            "label proxy.broken.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET".to_string(),
-            "label proxy.typo.scheme=\"tcpp\": unknown scheme (did you mean \"tcp\"?)".to_string(),
-        ]
-    );
-    assert!(snap.by_name(&good.name).expect("present").errors.is_empty());
-    w.stop().await;
-}
-
-#[tokio::test]
-async fn an_excluded_container_has_no_routes() {
-    let Some(engine) = TestEngine::connect("excluded_container").await else { return };
-    let mut w = Running::synced(config()).await;
-    let c =
-        engine.run(&ContainerSpec::sleeper("excluded", &[("proxy.exclude", "true"), ("proxy.x.port", "4323")])).await;
-    let marker = engine.run(&ContainerSpec::sleeper("marker", &[("proxy.m.port", "4324")])).await;
-    // The marker started after the excluded one: once it is seen, the excluded one was handled.
-    let snap = w.wait("the marker", EVENT_DEADLINE, |s| has(s, &marker.name)).await;
-    assert!(snap.by_name(&c.name).is_none_or(|e| e.excluded && e.routes.is_empty() && e.errors.is_empty()));
-    w.stop().await;
-}
-
-#[tokio::test]
 async fn start_event_to_snapshot_latency_is_printed() {
     let Some(engine) = TestEngine::connect("start_latency").await else { return };
-    let mut w = Running::synced(config()).await;
+    let mut w = Running::synced(config(&engine)).await;
     const STARTS: usize = 20;
     let mut containers = Vec::new();
     for i in 0..STARTS {
@@ -306,7 +150,7 @@ async fn a_burst_of_starts_publishes_at_most_once_per_container() {
         format!("{}={}", dockward_tests::docker::RUN_LABEL, run_id()),
         format!("{}={}", dockward_tests::docker::CASE_LABEL, engine.case),
     ];
-    let mut w = Running::synced(DockerConfig { label_filters: only_ours, ..config() }).await;
+    let mut w = Running::synced(DockerConfig { label_filters: only_ours, ..config(&engine) }).await;
     let mut containers = Vec::new();
     for i in 0..count {
         let port = format!("{}", 21000 + i);
@@ -374,70 +218,210 @@ impl Drop for SocketProxy {
     }
 }
 
-#[tokio::test]
-async fn a_lost_engine_connection_is_retried_and_reconciled() {
-    let Some(engine) = TestEngine::connect("lost_connection").await else { return };
-    let upstream = match std::env::var("DOCKER_HOST") {
-        Ok(h) if h.starts_with("unix://") => PathBuf::from(h.trim_start_matches("unix://")),
-        Ok(h) if !h.is_empty() => {
-            dockward_tests::skip::skip(
-                "docker",
-                "a_lost_engine_connection_is_retried_and_reconciled",
-                format!("DOCKER_HOST={h} is not a unix socket"),
-            );
-            return;
-        }
-        _ => PathBuf::from("/var/run/docker.sock"),
-    };
-    let path = std::env::temp_dir().join(format!("dockward-test-{}.sock", run_id()));
-    let proxy = SocketProxy::new(path.clone(), upstream);
-    let c = engine.run(&ContainerSpec::sleeper("lost", &[("proxy.l.port", "4325")])).await;
-
-    let mut w = Running::start(DockerConfig {
-        host: Some(format!("unix://{}", path.display())),
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(200),
-        ..config()
-    });
-    // No engine behind the address yet: reported, not fatal.
-    let snap = w.wait("an error", EVENT_DEADLINE, |s| s.last_error.is_some()).await;
-    assert!(!snap.connected);
-
-    proxy.up();
-    w.wait("connected with the container", EVENT_DEADLINE, |s| s.connected && has(s, &c.name)).await;
-
-    proxy.down();
-    let snap = w.wait("disconnected", EVENT_DEADLINE, |s| !s.connected).await;
-    assert!(has(&snap, &c.name), "the last known containers are kept while the engine is away");
-
-    // What happens while the watcher is blind is found by the re-list on reconnect.
-    c.stop().await;
-    proxy.up();
-    let snap =
-        w.wait("reconnected without the stopped container", EVENT_DEADLINE, |s| s.connected && !has(s, &c.name)).await;
-    assert_eq!(snap.last_error, None);
-    w.stop().await;
-    drop(proxy);
-    assert!(!Path::new(&path).exists());
-}
-
-#[tokio::test]
-async fn a_label_filter_limits_the_watcher_to_matching_containers() {
-    let Some(engine) = TestEngine::connect("label_filter").await else { return };
-    let filter = format!("{}={}", dockward_tests::docker::CASE_LABEL, engine.case);
-    let mut w =
-        Running::synced(DockerConfig { label_filters: vec![filter, "dockward.test.pick=yes".to_string()], ..config() })
+on_each_engine! {
+    async fn labelled_host_network_container_appears_with_a_loopback_target(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let (listen, target) = (free_tcp_port(), free_tcp_port());
+        let port = format!("{listen}:{target}");
+        let c = engine
+            .run(&ContainerSpec::sleeper(
+                "appear",
+                &[
+                    ("proxy.aliases", "ssh,dns"),
+                    ("proxy.ssh.port", &port),
+                    ("proxy.dns.port", "53"),
+                    ("proxy.dns.scheme", "udp"),
+                ],
+            ))
             .await;
-    let skipped = engine.run(&ContainerSpec::sleeper("unpicked", &[("proxy.u.port", "4326")])).await;
-    let picked =
-        engine.run(&ContainerSpec::sleeper("picked", &[("proxy.k.port", "4327"), ("dockward.test.pick", "yes")])).await;
-    // Started after the unpicked one: once it is seen, the unpicked one's event would have been too.
-    let snap = w.wait("the picked container", EVENT_DEADLINE, |s| has(s, &picked.name)).await;
-    assert!(!has(&snap, &skipped.name));
-    assert!(
-        snap.containers.values().all(|c| c.name == picked.name),
-        "only matching containers: {:?}",
-        snap.containers.keys()
-    );
-    w.stop().await;
+
+        let snap = w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+        let entry = snap.by_name(&c.name).expect("present");
+        assert_eq!(entry.id, c.id);
+        assert!(entry.errors.is_empty(), "{:?}", entry.errors);
+        assert_eq!(
+            routes_of(&snap, &c.name).expect("present"),
+            vec![
+                ("ssh".to_string(), Protocol::Tcp, listen, Target::new("127.0.0.1", target)),
+                ("dns".to_string(), Protocol::Udp, 0, Target::new("127.0.0.1", 53)),
+            ]
+        );
+        assert!(entry.routes.iter().all(|r| r.source == c.name), "the source of every route is the container name");
+        w.stop().await;
+    }
+
+    async fn containers_running_before_the_watcher_are_found_by_the_first_list(engine) {
+        let c = engine.run(&ContainerSpec::sleeper("prelisted", &[("proxy.web.port", "18080:80")])).await;
+        let w = Running::synced(config(&engine)).await;
+        let snap = w.rx.borrow().clone();
+        assert_eq!(
+            routes_of(&snap, &c.name),
+            Some(vec![("web".to_string(), Protocol::Tcp, 18080, Target::new("127.0.0.1", 80))])
+        );
+        w.stop().await;
+    }
+
+    async fn stop_removes_the_routes_and_restart_brings_them_back(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let listen = free_tcp_port();
+        let port = format!("{listen}:22");
+        let c = engine.run(&ContainerSpec::sleeper("stoprestart", &[("proxy.ssh.port", &port)])).await;
+        let before = w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+        let routes_before = routes_of(&before, &c.name);
+
+        c.stop().await;
+        w.wait("the stopped container gone", EVENT_DEADLINE, |s| !has(s, &c.name)).await;
+
+        c.start().await;
+        let after = w.wait("the restarted container back", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+        assert_eq!(routes_of(&after, &c.name), routes_before, "same routes, same listen port");
+        w.stop().await;
+    }
+
+    async fn a_paused_container_contributes_no_routes_until_unpaused(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let c = engine.run(&ContainerSpec::sleeper("pause", &[("proxy.p.port", "1234")])).await;
+        w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+
+        c.pause().await;
+        w.wait("the paused container gone", EVENT_DEADLINE, |s| !has(s, &c.name)).await;
+
+        c.unpause().await;
+        w.wait("the unpaused container back", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+        w.stop().await;
+    }
+
+    async fn a_removed_container_is_gone(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let c = engine.run(&ContainerSpec::sleeper("destroy", &[("proxy.d.port", "4321")])).await;
+        w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+        c.remove().await;
+        w.wait("the removed container gone", EVENT_DEADLINE, |s| !s.containers.contains_key(&c.id)).await;
+        w.stop().await;
+    }
+
+    async fn a_renamed_container_changes_the_source_of_its_routes(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let mut c = engine.run(&ContainerSpec::sleeper("rename", &[("proxy.r.port", "4322")])).await;
+        w.wait("the container", EVENT_DEADLINE, |s| has(s, &c.name)).await;
+        let new_name = format!("{}-renamed", c.name);
+        c.rename(&new_name).await;
+        let snap = w.wait("the new name", EVENT_DEADLINE, |s| has(s, &new_name)).await;
+        let entry = snap.by_name(&new_name).expect("present");
+        assert_eq!(entry.routes[0].source, new_name);
+        w.stop().await;
+    }
+
+    async fn bad_labels_on_one_container_do_not_affect_a_good_one(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let (good_port, ok_port) = (free_tcp_port(), free_tcp_port());
+        let good_spec = format!("{good_port}:7");
+        let ok_spec = format!("{ok_port}:7");
+        let bad = engine
+            .run(&ContainerSpec::sleeper(
+                "bad",
+                &[
+                    ("proxy.aliases", "ok,broken,typo"),
+                    ("proxy.ok.port", &ok_spec),
+                    ("proxy.broken.port", "22:22:22"),
+                    ("proxy.typo.port", "2200:22"),
+                    ("proxy.typo.scheme", "tcpp"),
+                ],
+            ))
+            .await;
+        let good = engine.run(&ContainerSpec::sleeper("good", &[("proxy.echo.port", &good_spec)])).await;
+
+        let snap = w.wait("both containers", EVENT_DEADLINE, |s| has(s, &bad.name) && has(s, &good.name)).await;
+        assert_eq!(
+            routes_of(&snap, &good.name),
+            Some(vec![("echo".to_string(), Protocol::Tcp, good_port, Target::new("127.0.0.1", 7))])
+        );
+        let bad_entry = snap.by_name(&bad.name).expect("present");
+        assert_eq!(
+            routes_of(&snap, &bad.name),
+            Some(vec![("ok".to_string(), Protocol::Tcp, ok_port, Target::new("127.0.0.1", 7))]),
+            "the valid alias of the bad container still works"
+        );
+        let errors: Vec<String> = bad_entry.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            vec![
+                "label proxy.broken.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET".to_string(),
+                "label proxy.typo.scheme=\"tcpp\": unknown scheme (did you mean \"tcp\"?)".to_string(),
+            ]
+        );
+        assert!(snap.by_name(&good.name).expect("present").errors.is_empty());
+        w.stop().await;
+    }
+
+    async fn an_excluded_container_has_no_routes(engine) {
+        let mut w = Running::synced(config(&engine)).await;
+        let c =
+            engine.run(&ContainerSpec::sleeper("excluded", &[("proxy.exclude", "true"), ("proxy.x.port", "4323")])).await;
+        let marker = engine.run(&ContainerSpec::sleeper("marker", &[("proxy.m.port", "4324")])).await;
+        // The marker started after the excluded one: once it is seen, the excluded one was handled.
+        let snap = w.wait("the marker", EVENT_DEADLINE, |s| has(s, &marker.name)).await;
+        assert!(snap.by_name(&c.name).is_none_or(|e| e.excluded && e.routes.is_empty() && e.errors.is_empty()));
+        w.stop().await;
+    }
+
+    async fn a_lost_engine_connection_is_retried_and_reconciled(engine) {
+        let upstream = match engine.host.clone().or_else(|| std::env::var("DOCKER_HOST").ok()) {
+            Some(h) if h.starts_with("unix://") => PathBuf::from(h.trim_start_matches("unix://")),
+            Some(h) if !h.is_empty() => {
+                dockward_tests::skip::skip("docker", "a_lost_engine_connection_is_retried_and_reconciled", format!("DOCKER_HOST={h} is not a unix socket"));
+                return;
+            }
+            _ => PathBuf::from("/var/run/docker.sock"),
+        };
+        let path = std::env::temp_dir().join(format!("dockward-test-{}-{:?}.sock", run_id(), engine.kind));
+        let proxy = SocketProxy::new(path.clone(), upstream);
+        let c = engine.run(&ContainerSpec::sleeper("lost", &[("proxy.l.port", "4325")])).await;
+
+        let mut w = Running::start(DockerConfig {
+            host: Some(format!("unix://{}", path.display())),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            ..config(&engine)
+        });
+        // No engine behind the address yet: reported, not fatal.
+        let snap = w.wait("an error", EVENT_DEADLINE, |s| s.last_error.is_some()).await;
+        assert!(!snap.connected);
+
+        proxy.up();
+        w.wait("connected with the container", EVENT_DEADLINE, |s| s.connected && has(s, &c.name)).await;
+
+        proxy.down();
+        let snap = w.wait("disconnected", EVENT_DEADLINE, |s| !s.connected).await;
+        assert!(has(&snap, &c.name), "the last known containers are kept while the engine is away");
+
+        // What happens while the watcher is blind is found by the re-list on reconnect.
+        c.stop().await;
+        proxy.up();
+        let snap =
+            w.wait("reconnected without the stopped container", EVENT_DEADLINE, |s| s.connected && !has(s, &c.name)).await;
+        assert_eq!(snap.last_error, None);
+        w.stop().await;
+        drop(proxy);
+        assert!(!Path::new(&path).exists());
+    }
+
+    async fn a_label_filter_limits_the_watcher_to_matching_containers(engine) {
+        let filter = format!("{}={}", dockward_tests::docker::CASE_LABEL, engine.case);
+        let mut w =
+            Running::synced(DockerConfig { label_filters: vec![filter, "dockward.test.pick=yes".to_string()], ..config(&engine) })
+                .await;
+        let skipped = engine.run(&ContainerSpec::sleeper("unpicked", &[("proxy.u.port", "4326")])).await;
+        let picked =
+            engine.run(&ContainerSpec::sleeper("picked", &[("proxy.k.port", "4327"), ("dockward.test.pick", "yes")])).await;
+        // Started after the unpicked one: once it is seen, the unpicked one's event would have been too.
+        let snap = w.wait("the picked container", EVENT_DEADLINE, |s| has(s, &picked.name)).await;
+        assert!(!has(&snap, &skipped.name));
+        assert!(
+            snap.containers.values().all(|c| c.name == picked.name),
+            "only matching containers: {:?}",
+            snap.containers.keys()
+        );
+        w.stop().await;
+    }
 }

@@ -11,6 +11,9 @@
 //!   is removed when its [`TestContainer`] drops, even when the test panics; the
 //!   [`TestEngine`] sweeps whatever its case left behind, and leftovers of runs killed long
 //!   ago are swept at the first connect.
+//! - [`TestEngine::podman`] reaches Podman's Docker-compatible API the same way (see
+//!   [`crate::podman`]), so one test body runs against both engines: the [`on_each_engine!`]
+//!   macro makes a `docker::NAME` and a `podman::NAME` test of it.
 //! - Containers run with network mode `host` and listen on loopback only: **all test traffic
 //!   stays on 127.0.0.1**. UDP echo uses the host's socat, with `/usr`, `/lib` and `/lib64`
 //!   mounted read-only.
@@ -24,7 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RenameContainerOptions,
     StartContainerOptions, StopContainerOptions,
@@ -32,6 +37,28 @@ use bollard::query_parameters::{
 
 /// The locally built image every test container runs.
 pub const TEST_IMAGE: &str = "dockward-test-busybox:latest";
+/// [`TEST_IMAGE`] as Podman names it: `podman import` files it under `localhost/`, and its
+/// Docker-compatible API would look a short name up on Docker Hub.
+pub const PODMAN_TEST_IMAGE: &str = "localhost/dockward-test-busybox:latest";
+
+/// Which kind of engine a [`TestEngine`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// dockerd.
+    Docker,
+    /// `podman system service`.
+    Podman,
+}
+
+impl EngineKind {
+    /// The image the test containers run, as this engine names it.
+    pub fn image(self) -> &'static str {
+        match self {
+            EngineKind::Docker => TEST_IMAGE,
+            EngineKind::Podman => PODMAN_TEST_IMAGE,
+        }
+    }
+}
 /// Label carrying the id of this test run (one test process).
 pub const RUN_LABEL: &str = "dockward.test.run";
 /// Label carrying the test's name.
@@ -82,6 +109,10 @@ pub struct ContainerSpec {
     pub host_libs: bool,
     /// Restart policy `unless-stopped`: the engine starts it again when it comes back.
     pub restart_unless_stopped: bool,
+    /// Network mode; `None` is `host`.
+    pub network: Option<String>,
+    /// TCP ports published on 127.0.0.1: (container port, host port).
+    pub publish: Vec<(u16, u16)>,
 }
 
 impl ContainerSpec {
@@ -93,6 +124,8 @@ impl ContainerSpec {
             cmd: ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 86400 & wait"].map(String::from).to_vec(),
             host_libs: false,
             restart_unless_stopped: false,
+            network: None,
+            publish: Vec::new(),
         }
     }
 
@@ -139,6 +172,20 @@ impl ContainerSpec {
         Self::socat(prefix, &[format!("UDP4-RECVFROM:{port},bind=127.0.0.1,fork")], labels)
     }
 
+    /// A TCP echo server on all addresses of its own network, port `port` (for containers
+    /// that do not use the host's network; reach it through a published port).
+    pub fn tcp_echo_any(prefix: &str, port: u16, labels: &[(&str, &str)]) -> Self {
+        Self::socat(prefix, &[format!("TCP4-LISTEN:{port},reuseaddr,fork")], labels)
+    }
+
+    /// On network mode `network` (`slirp4netns`, a network name), with container port
+    /// `container` published on 127.0.0.1:`host`.
+    pub fn on_network(mut self, network: &str, container: u16, host: u16) -> Self {
+        self.network = Some(network.to_string());
+        self.publish.push((container, host));
+        self
+    }
+
     /// With restart policy `unless-stopped`.
     pub fn restart_unless_stopped(mut self) -> Self {
         self.restart_unless_stopped = true;
@@ -148,9 +195,19 @@ impl ContainerSpec {
 
 /// The `docker` CLI, talking to `host` when given (else to DOCKER_HOST or the local socket).
 pub fn docker_cli(host: Option<&str>) -> Command {
-    let mut cmd = Command::new("docker");
+    engine_cli(EngineKind::Docker, host)
+}
+
+/// The engine's own CLI (`docker -H HOST`, `podman --url HOST`), talking to `host` when given.
+/// Both take the same `ps`, `rm`, `import` and `image inspect` arguments.
+pub fn engine_cli(kind: EngineKind, host: Option<&str>) -> Command {
+    let (program, flag) = match kind {
+        EngineKind::Docker => ("docker", "-H"),
+        EngineKind::Podman => ("podman", "--url"),
+    };
+    let mut cmd = Command::new(program);
     if let Some(host) = host {
-        cmd.args(["-H", host]);
+        cmd.args([flag, host]);
     }
     cmd
 }
@@ -161,8 +218,10 @@ pub struct TestEngine {
     pub docker: Docker,
     /// The test's name, carried by its containers.
     pub case: String,
-    /// The engine's address when it is not the default one (a [`crate::private_engine`]).
+    /// The engine's address when it is not the default one (a [`crate::private_engine`], Podman).
     pub host: Option<String>,
+    /// Docker or Podman.
+    pub kind: EngineKind,
 }
 
 impl TestEngine {
@@ -188,7 +247,7 @@ impl TestEngine {
         if SWEPT.set(()).is_ok() {
             sweep_stale(&docker).await;
         }
-        Some(TestEngine { docker, case: case.to_string(), host: None })
+        Some(TestEngine { docker, case: case.to_string(), host: None, kind: EngineKind::Docker })
     }
 
     /// Connects to the engine at `host` (`unix:///path`), which must answer, and imports the
@@ -201,8 +260,8 @@ impl TestEngine {
             .await
             .unwrap_or_else(|_| panic!("{host}: version negotiation timed out"))
             .unwrap_or_else(|e| panic!("{host}: {e}"));
-        build_image(Some(host)).unwrap_or_else(|e| panic!("building {TEST_IMAGE} on {host}: {e}"));
-        TestEngine { docker, case: case.to_string(), host: Some(host.to_string()) }
+        build_image(EngineKind::Docker, Some(host)).unwrap_or_else(|e| panic!("building {TEST_IMAGE} on {host}: {e}"));
+        TestEngine { docker, case: case.to_string(), host: Some(host.to_string()), kind: EngineKind::Docker }
     }
 
     async fn try_connect() -> Result<Docker, String> {
@@ -228,13 +287,31 @@ impl TestEngine {
                 .map(|p| format!("{p}:{p}:ro"))
                 .collect::<Vec<_>>()
         });
+        // Podman's defaults (unlimited nofile and nproc) are refused on this machine.
+        let ulimits = (self.kind == EngineKind::Podman).then(|| {
+            ["nofile", "nproc"]
+                .map(|name| ResourcesUlimits { name: Some(name.into()), soft: Some(1024), hard: Some(1024) })
+                .to_vec()
+        });
+        let port_bindings: bollard::models::PortMap = spec
+            .publish
+            .iter()
+            .map(|(container, host)| {
+                let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(host.to_string()) };
+                (format!("{container}/tcp"), Some(vec![binding]))
+            })
+            .collect();
+        let exposed: Vec<String> = spec.publish.iter().map(|(container, _)| format!("{container}/tcp")).collect();
         let body = ContainerCreateBody {
-            image: Some(TEST_IMAGE.into()),
+            image: Some(self.kind.image().into()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
             cmd: Some(spec.cmd.clone()),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                network_mode: Some("host".into()),
+                network_mode: Some(spec.network.clone().unwrap_or_else(|| "host".into())),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 binds,
+                ulimits,
                 restart_policy: spec.restart_unless_stopped.then_some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
@@ -246,14 +323,26 @@ impl TestEngine {
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
         let created =
             self.docker.create_container(Some(options), body).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
-        TestContainer { docker: self.docker.clone(), host: self.host.clone(), id: created.id, name, armed: true }
+        TestContainer {
+            docker: self.docker.clone(),
+            host: self.host.clone(),
+            kind: self.kind,
+            id: created.id,
+            name,
+            armed: true,
+        }
     }
 
     /// Removes many containers with one `docker rm -f` (dropping each would take one call each).
     pub fn remove_all(&self, containers: &mut [TestContainer]) {
         for chunk in containers.chunks_mut(100) {
             let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
-            let status = docker_cli(self.host.as_deref()).arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).status();
+            let status = engine_cli(self.kind, self.host.as_deref())
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .stdout(Stdio::null())
+                .status();
             if status.is_ok_and(|s| s.success()) {
                 chunk.iter_mut().for_each(|c| c.armed = false);
             }
@@ -273,13 +362,13 @@ impl Drop for TestEngine {
         // Whatever this case left behind (a container whose guard was leaked, say).
         let filter_run = format!("label={RUN_LABEL}={}", run_id());
         let filter_case = format!("label={CASE_LABEL}={}", self.case);
-        let out = docker_cli(self.host.as_deref())
+        let out = engine_cli(self.kind, self.host.as_deref())
             .args(["ps", "-aq", "--filter", &filter_run, "--filter", &filter_case])
             .output();
         if let Ok(out) = out {
             let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
             if !ids.is_empty() {
-                let _ = docker_cli(self.host.as_deref())
+                let _ = engine_cli(self.kind, self.host.as_deref())
                     .arg("rm")
                     .arg("-f")
                     .args(&ids)
@@ -296,6 +385,8 @@ pub struct TestContainer {
     docker: Docker,
     /// The engine's address, when not the default one.
     host: Option<String>,
+    /// Docker or Podman.
+    kind: EngineKind,
     /// Whether dropping it still has to remove it.
     armed: bool,
     /// Its id.
@@ -358,7 +449,7 @@ impl Drop for TestContainer {
             return;
         }
         // Synchronous on purpose: Drop cannot await, and this must run during a panic too.
-        let _ = docker_cli(self.host.as_deref())
+        let _ = engine_cli(self.kind, self.host.as_deref())
             .args(["rm", "-f", &self.id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -369,13 +460,13 @@ impl Drop for TestContainer {
 /// Imports [`TEST_IMAGE`] from the host's static busybox unless the engine has it.
 fn ensure_image() -> Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILT.get_or_init(|| build_image(None)).clone()
+    BUILT.get_or_init(|| build_image(EngineKind::Docker, None)).clone()
 }
 
-/// Imports [`TEST_IMAGE`] into the engine at `host` (default: the usual one) unless it has it.
-fn build_image(host: Option<&str>) -> Result<(), String> {
-    let present = docker_cli(host)
-        .args(["image", "inspect", "--format", "{{.Id}}", TEST_IMAGE])
+/// Imports the test image into the engine at `host` (default: the usual one) unless it has it.
+pub(crate) fn build_image(kind: EngineKind, host: Option<&str>) -> Result<(), String> {
+    let present = engine_cli(kind, host)
+        .args(["image", "inspect", "--format", "{{.Id}}", kind.image()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -409,8 +500,8 @@ fn build_image(host: Option<&str>) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("tar: {e}"))?;
     let tar_out = tar.stdout.ok_or("tar: no stdout")?;
-    let import = docker_cli(host)
-        .args(["import", "-", TEST_IMAGE])
+    let import = engine_cli(kind, host)
+        .args(["import", "-", kind.image()])
         .stdin(tar_out)
         .stdout(Stdio::null())
         .output()

@@ -5,6 +5,8 @@
 //! - `dockward`: starting the built binary with a routes file and an admin address from
 //!   the OS, and stopping it.
 //! - `prometheus`: a strict reader of the Prometheus text format, for `/metrics`.
+//! - `podman`: Podman's API service as a test engine, and `on_each_engine!`, which runs one
+//!   test body against Docker and against Podman.
 //! - `private_engine`: a second dockerd of the test's own, to stop and start at will.
 //! - `load`: checksummed TCP streams and sequence-numbered UDP datagrams, for load tests.
 //! - `swarm`: a single-node Docker Swarm that is left at the end, and test services.
@@ -13,6 +15,7 @@
 pub mod docker;
 pub mod dockward;
 pub mod load;
+pub mod podman;
 pub mod private_engine;
 pub mod prometheus;
 pub mod skip;

@@ -24,6 +24,9 @@ pub struct PrivateEngine {
     child: Option<Child>,
     /// Its API address, `unix:///tmp/.../docker.sock`.
     pub host: String,
+    /// Its API on loopback TCP too, `tcp://127.0.0.1:PORT`, when started with
+    /// [`PrivateEngine::start_with_tcp`].
+    pub tcp: Option<String>,
 }
 
 impl PrivateEngine {
@@ -44,6 +47,16 @@ impl PrivateEngine {
 
     /// Starts a daemon in a fresh directory and waits until it answers.
     pub fn start() -> PrivateEngine {
+        Self::start_inner(false)
+    }
+
+    /// Like [`PrivateEngine::start`], with the API also on `tcp://127.0.0.1:PORT` (a port
+    /// free a moment ago; plain HTTP, loopback only), kept across restarts.
+    pub fn start_with_tcp() -> PrivateEngine {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tcp: bool) -> PrivateEngine {
         sweep_stale();
         // Short: the daemon's and containerd's unix socket paths must fit in 108 bytes.
         let dir = Path::new("/tmp").join(crate::docker::unique_name("eng"));
@@ -51,7 +64,8 @@ impl PrivateEngine {
         // An empty configuration file, so /etc/docker/daemon.json of the machine is not read.
         std::fs::write(dir.join("daemon.json"), "{}\n").expect("daemon.json");
         let host = format!("unix://{}", dir.join("docker.sock").display());
-        let mut engine = PrivateEngine { dir, child: None, host };
+        let tcp = tcp.then(|| format!("tcp://127.0.0.1:{}", crate::docker::free_tcp_port()));
+        let mut engine = PrivateEngine { dir, child: None, host, tcp };
         engine.start_daemon();
         engine
     }
@@ -86,6 +100,7 @@ impl PrivateEngine {
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
             .args(["-H", &self.host])
+            .args(self.tcp.iter().flat_map(|tcp| ["-H", tcp.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("engine log"))
             .stderr(log)

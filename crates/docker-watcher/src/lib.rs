@@ -13,28 +13,44 @@
 //!
 //! The crate opens no socket of its own besides the engine connection: the binary hands the
 //! routes to proxy-core's `RouteTable::apply`.
+//!
+//! Layout: everything that talks to the engine lives under `io/` (connect, list, inspect,
+//! event streams, the session and the watcher loop); every other module is pure and is
+//! tested without an engine: `labels` and `swarm` (labels to routes), `views` (engine
+//! answers to views), `events` (which events matter), `memory` (the snapshot's entries and
+//! how answers change them), `recheck` (when to look at a settling service again), `config`,
+//! `snapshot` and `error`, and `targets` (containers a remote engine or user-mode networking
+//! hides: reached on their engine's machine, on the host network or a published port).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod engine;
+mod config;
 mod error;
-mod http;
+mod events;
+mod io;
 pub mod labels;
+mod memory;
 #[cfg(test)]
 mod mock_engine;
-mod own;
-mod services;
+mod recheck;
 mod snapshot;
 pub mod swarm;
-mod watcher;
+mod targets;
+mod views;
 
-pub use engine::{DEFAULT_DOCKER_HOST, detect_own_container_id, effective_host};
+pub use config::{
+    DEFAULT_DOCKER_HOST, DockerConfig, EngineAddress, OwnContainer, PODMAN_ROOTFUL_SOCKET, check_engines,
+    effective_host, pick_engine,
+};
 pub use error::WatchError;
+pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
+pub use io::engine::detect_own_container_id;
+pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, parse_labels};
-pub use own::OwnContainer;
 pub use snapshot::DockerSnapshot;
 pub use swarm::{ServiceView, TaskView, parse_service_labels};
-pub use watcher::{DockerConfig, DockerWatcher, SERVICE_EVENTS, WATCHED_EVENTS};
+pub use targets::EngineSite;
+pub use views::PublishedPort;
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
 ///
@@ -71,13 +87,13 @@ pub async fn check_container(
     name: &str,
 ) -> Result<(ContainerView, ContainerRoutes), WatchError> {
     let host = config.effective_host();
-    let docker = engine::connect(&host, config.request_timeout).await?;
-    let view = engine::inspect_view(&docker, &host, name)
+    let docker = io::engine::connect(&host, config.request_timeout).await?;
+    let facts = io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
-    let own = config.own_container.networks(&docker, &host).await?;
-    let routes = parse_labels(&view, &own);
-    Ok((view, routes))
+    let own = io::engine::own_networks_of(&docker, &host, &config.own_container).await?;
+    let routes = targets::container_routes(&facts, &config.site, &own);
+    Ok((facts.view, routes))
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
+/// The status that, given for a path, makes the engine answer nothing at all (no headers),
+/// as Podman does on `/events` until the first event.
+pub(crate) const WITHHOLD: u16 = 599;
+
 /// One fake engine; stops when dropped.
 pub(crate) struct MockEngine {
     /// `unix:///…/docker.sock`.
@@ -72,7 +76,14 @@ impl MockEngine {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let table = table.clone();
                         let seen = seen.clone();
-                        async move { Ok::<_, Infallible>(answer(&table, &seen, &req)) }
+                        async move {
+                            let resp = answer(&table, &seen, &req);
+                            if resp.status().as_u16() == WITHHOLD {
+                                // No headers, ever: Podman's quiet event stream.
+                                futures::future::pending::<()>().await;
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -81,6 +92,11 @@ impl MockEngine {
             }
         });
         MockEngine { host: format!("unix://{}", socket.display()), requests, _dir: TempDir(dir), task }
+    }
+
+    /// How many requests' paths start with `prefix`.
+    pub(crate) fn count(&self, prefix: &str) -> usize {
+        self.requests.lock().map(|r| r.iter().filter(|p| p.starts_with(prefix)).count()).unwrap_or(0)
     }
 
     /// Whether some request's path starts with `prefix`.

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use docker_watcher::EngineAddress;
 use proxy_core::{Acl, IpNet};
 use route_spec::nets;
 
@@ -112,9 +113,11 @@ pub struct RunArgs {
     /// Turn the Docker provider off: serve route files only.
     #[arg(long)]
     pub no_docker: bool,
-    /// Docker engine to watch. Default: DOCKER_HOST, else the local socket.
-    #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
-    pub docker_host: Option<String>,
+    /// Docker (or Podman) engine to watch: URL, or NAME=URL to watch several (repeat the
+    /// flag, or separate with commas); sources then read NAME/container. Default:
+    /// DOCKER_HOST, else CONTAINER_HOST, else the local Docker or Podman socket.
+    #[arg(long, value_name = "[NAME=]URL", env = "DOCKER_HOST", value_delimiter = ',', value_parser = EngineAddress::parse)]
+    pub docker_host: Vec<EngineAddress>,
     /// Watch only the containers (and swarm services) carrying every one of these labels:
     /// `key` or `key=value`, comma-separated or with the flag repeated. Lets several
     /// dockward instances share one engine, each serving its own project.
@@ -226,9 +229,10 @@ pub struct CheckArgs {
     /// Docker engine; may be given several times.
     #[arg(long = "container", value_name = "NAME")]
     pub containers: Vec<String>,
-    /// Docker engine for --container. Default: DOCKER_HOST, else the local socket.
-    #[arg(long, value_name = "URL", env = "DOCKER_HOST")]
-    pub docker_host: Option<String>,
+    /// Docker (or Podman) engine for --container: URL, or NAME=URL, repeatable; with
+    /// several, --container takes ENGINE/NAME. Default: DOCKER_HOST, else the local socket.
+    #[arg(long, value_name = "[NAME=]URL", env = "DOCKER_HOST", value_delimiter = ',', value_parser = EngineAddress::parse)]
+    pub docker_host: Vec<EngineAddress>,
     /// Print the routes, notes and errors as one JSON object on stdout (the exit status is
     /// the same).
     #[arg(long)]
@@ -273,6 +277,32 @@ mod tests {
         assert_eq!(run.admin.admin, AdminAddr::Unix("/run/dockward.sock".into()));
         assert!(run.no_docker);
         assert_eq!(run.log.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn docker_host_takes_several_named_engines_by_flag_or_comma_list() {
+        let cli = Cli::try_parse_from([
+            "dockward",
+            "run",
+            "--docker-host",
+            "nas=tcp://10.0.0.5:2375,pi=tcp://127.0.0.1:2375",
+            "--docker-host",
+            "local=unix:///var/run/docker.sock",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        let hosts: Vec<(Option<&str>, &str)> =
+            run.docker_host.iter().map(|e| (e.name.as_deref(), e.url.as_str())).collect();
+        assert_eq!(
+            hosts,
+            [
+                (Some("nas"), "tcp://10.0.0.5:2375"),
+                (Some("pi"), "tcp://127.0.0.1:2375"),
+                (Some("local"), "unix:///var/run/docker.sock")
+            ]
+        );
+        let e = Cli::try_parse_from(["dockward", "run", "--docker-host", "n a=tcp://x:1"]).unwrap_err().to_string();
+        assert!(e.contains("engine name \"n a\""), "{e}");
     }
 
     #[test]

@@ -12,8 +12,6 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::routes_view::human_bytes;
-
 /// A counter's column in the `dockward routes` table: its header and how a value is shown.
 pub type Column = (&'static str, fn(u64) -> String);
 
@@ -196,6 +194,21 @@ impl<'de> Deserialize<'de> for Counts {
 
         deserializer.deserialize_map(CountsVisitor)
     }
+}
+
+/// `0 B`, `512 B`, `1.5 KiB`, `12.0 MiB`: bytes in binary units with one decimal.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

@@ -173,21 +173,6 @@ fn targets_cell(row: &RouteRow) -> String {
     cells.join(",")
 }
 
-/// `0 B`, `512 B`, `1.5 KiB`, `12.0 MiB`: bytes in binary units with one decimal.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// `42s`, `5m`, `3h`, `2d`: the largest whole unit of an age in seconds.
 pub fn human_age(secs: u64) -> String {
     match secs {
@@ -202,6 +187,7 @@ pub fn human_age(secs: u64) -> String {
 mod tests {
     use std::time::Duration;
 
+    use crate::counters::human_bytes;
     use proxy_core::{RouteId, RouteSpec, StatsSnapshot, Target, TargetStatus};
 
     use super::*;

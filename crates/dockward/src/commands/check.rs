@@ -164,11 +164,20 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let config =
-            DockerConfig { request_timeout: ENGINE_TIMEOUT, ..DockerConfig::with_host(args.docker_host.clone()) };
+        let mut engines = args.docker_host.clone();
+        if engines.is_empty() {
+            engines.push(docker_watcher::EngineAddress { name: None, url: docker_watcher::effective_host(None) });
+        }
         runtime.block_on(async {
-            for name in &args.containers {
-                report.add_container(&config, name).await;
+            for arg in &args.containers {
+                // `ENGINE/NAME` picks one of several engines.
+                match docker_watcher::pick_engine(&engines, arg) {
+                    Ok((engine, name)) => {
+                        let config = DockerConfig { request_timeout: ENGINE_TIMEOUT, ..engine.config() };
+                        report.add_container(&config, name).await;
+                    }
+                    Err(e) => report.errors.push(e),
+                }
             }
         });
     }

@@ -8,6 +8,14 @@
 //! engine is unreachable the watcher retries in the background (a WARN at most once a
 //! minute) and the last known routes keep running.
 //!
+//! `--docker-host` may be given several times (or DOCKER_HOST may list several,
+//! comma-separated), each `NAME=URL`: one watcher per engine, each reconnecting and
+//! resyncing on its own, so losing one engine touches only its routes. Sources then read
+//! `NAME/container` (with one engine they stay plain container names), and replicas of one
+//! alias on different engines are one balanced route, as on one engine. A named engine on
+//! another machine (`nas=tcp://10.0.0.5:2375`) has its containers reached on that machine's
+//! address: the host network's ports, or the published ports of the others.
+//!
 //! `--docker-label-filter` (or `DOCKWARD_DOCKER_LABEL_FILTER`: comma-separated `key` or
 //! `key=value`, all must match) restricts the provider to the containers (and services) carrying those labels, so
 //! several dockward instances can share one engine (the end-to-end tests run one per test
@@ -15,10 +23,11 @@
 
 use std::sync::Arc;
 
-use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher};
-use tokio::sync::watch;
+use anyhow::Context as _;
+use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher, EngineAddress, check_engines, effective_host};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Provider, ProviderError, ProviderState};
 
@@ -27,39 +36,86 @@ use super::{Provider, ProviderError, ProviderState};
 pub struct DockerOptions {
     /// `--no-docker`: the provider is off.
     pub disabled: bool,
-    /// `--docker-host` (or DOCKER_HOST); `None` means the local socket.
-    pub host: Option<String>,
+    /// `--docker-host` (or DOCKER_HOST), each `URL` or `NAME=URL`; none means DOCKER_HOST's
+    /// or the local socket's one engine.
+    pub hosts: Vec<EngineAddress>,
     /// `--docker-label-filter`: only containers carrying all of these (`key` or `key=value`).
     pub label_filters: Vec<String>,
 }
 
+/// One watched engine, as the provider reads it.
+struct Engine {
+    /// Its name when several engines are watched: the prefix of its sources (`nas/web`).
+    prefix: Option<String>,
+    snapshots: watch::Receiver<Arc<DockerSnapshot>>,
+}
+
 /// Starts the Docker provider, or returns `None` when it is off.
 ///
-/// Never fails for want of an engine: the watcher connects (and reconnects) in the
-/// background.
+/// One watcher per engine, each with its own connection, reconnects and resyncs, so losing
+/// one engine touches only its routes. Never fails for want of an engine: the watchers
+/// connect (and reconnect) in the background. Fails when several engines are given and one
+/// of them has no name, or two share one.
 pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Result<Option<Provider>> {
     if options.disabled {
         debug!("docker provider off (--no-docker)");
         return Ok(None);
     }
-    let config =
-        DockerConfig { label_filters: options.label_filters.clone(), ..DockerConfig::with_host(options.host.clone()) };
-    if !config.label_filters.is_empty() {
-        info!(labels = ?config.label_filters, "docker provider limited to containers with these labels");
+    let mut addresses = options.hosts.clone();
+    if addresses.is_empty() {
+        addresses.push(EngineAddress { name: None, url: effective_host(None) });
     }
-    let watcher = DockerWatcher::new(config);
-    let name = format!("docker {}", watcher.host());
-    info!(docker_host = watcher.host(), "docker provider starting");
-    let mut snapshots = watcher.subscribe();
+    check_engines(&addresses).map_err(anyhow::Error::msg).context("--docker-host")?;
+    if std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0") {
+        warn!(
+            "DOCKER_TLS_VERIFY is set, but dockward talks to engines without TLS (not supported yet); \
+             an engine that requires TLS will refuse it: use a socket proxy or a tunnel"
+        );
+    }
+    if !options.label_filters.is_empty() {
+        info!(labels = ?options.label_filters, "docker provider limited to containers with these labels");
+    }
+    let several = addresses.len() > 1;
+    let (wake_tx, mut wake) = mpsc::channel::<()>(1);
+    let mut engines = Vec::with_capacity(addresses.len());
+    let mut hosts = Vec::with_capacity(addresses.len());
+    for address in &addresses {
+        let config = DockerConfig { label_filters: options.label_filters.clone(), ..address.config() };
+        let watcher = DockerWatcher::new(config);
+        info!(docker_host = watcher.host(), engine = address.name.as_deref().unwrap_or(""), site = ?address.site(), "docker provider starting");
+        hosts.push(match &address.name {
+            Some(name) => format!("{name}={}", watcher.host()),
+            None => watcher.host().to_string(),
+        });
+        let mut snapshots = watcher.subscribe();
+        engines.push(Engine { prefix: address.name.clone().filter(|_| several), snapshots: snapshots.clone() });
+        tokio::spawn(watcher.run(shutdown.clone()));
+        let wake_tx = wake_tx.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                }
+                snapshots.borrow_and_update();
+                // Full: a wake-up is pending already, and it reads every engine's latest.
+                let _ = wake_tx.try_send(());
+            }
+        });
+    }
+    drop(wake_tx);
+    let name = format!("docker {}", hosts.join(", "));
     let (tx, rx) = watch::channel(ProviderState::default());
-    tokio::spawn(watcher.run(shutdown.clone()));
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changed = snapshots.changed() => if changed.is_err() { return },
+                woken = wake.recv() => if woken.is_none() { return },
             }
-            let state = provider_state(&snapshots.borrow_and_update().clone());
+            let snaps: Vec<(Option<&str>, Arc<DockerSnapshot>)> =
+                engines.iter().map(|e| (e.prefix.as_deref(), e.snapshots.borrow().clone())).collect();
+            let state = engines_state(&snaps);
             // Unchanged states (a reconnect that found the same containers) wake nobody.
             tx.send_if_modified(|current| {
                 if *current == state {
@@ -79,20 +135,40 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
 /// `dockward routes` tells why container changes are not followed; an engine never reached
 /// is only logged, as file-only users need no error row.
 pub fn provider_state(snap: &Arc<DockerSnapshot>) -> ProviderState {
-    let mut errors: Vec<ProviderError> = snap
-        .errors()
-        .map(|(container, e)| ProviderError {
-            source: container.name.clone(),
+    engines_state(&[(None, snap.clone())])
+}
+
+/// The routes and errors of every engine's snapshot. With an engine name, the engine's
+/// sources read `NAME/container` and its loss is an error row of source `NAME`; without
+/// (one engine) they read as they always did.
+fn engines_state(snaps: &[(Option<&str>, Arc<DockerSnapshot>)]) -> ProviderState {
+    let mut state = ProviderState::default();
+    for (prefix, snap) in snaps {
+        let source = |name: &str| match prefix {
+            Some(engine) => format!("{engine}/{name}"),
+            None => name.to_string(),
+        };
+        state.routes.extend(snap.routes().map(|r| {
+            let mut r = r.clone();
+            if prefix.is_some() {
+                r.source = source(&r.source);
+            }
+            r
+        }));
+        state.errors.extend(snap.errors().map(|(container, e)| ProviderError {
+            source: source(&container.name),
             alias: e.alias().map(str::to_string),
             message: e.to_string(),
-        })
-        .collect();
-    if snap.synced && !snap.connected {
-        let why = snap.last_error.as_deref().unwrap_or("connection lost");
-        errors
-            .push(ProviderError::whole("docker", format!("{why}; keeping the last known container routes, retrying")));
+        }));
+        if snap.synced && !snap.connected {
+            let why = snap.last_error.as_deref().unwrap_or("connection lost");
+            state.errors.push(ProviderError::whole(
+                prefix.unwrap_or("docker"),
+                format!("{why}; keeping the last known container routes, retrying"),
+            ));
+        }
     }
-    ProviderState { routes: snap.routes().cloned().collect(), errors }
+    state
 }
 
 #[cfg(test)]
@@ -136,6 +212,22 @@ mod tests {
             Some(
                 "docker: cannot reach the Docker engine at unix:///x; keeping the last known container routes, retrying"
             )
+        );
+
+        // Several engines: sources name the engine, and the lost one is named too.
+        let mut other = (*snap).clone();
+        other.connected = true;
+        let state = engines_state(&[(Some("nas"), snap.clone()), (Some("local"), Arc::new(other))]);
+        let sources: Vec<&str> = state.routes.iter().map(|r| r.source.as_str()).collect();
+        assert_eq!(sources, ["nas/box", "local/box"]);
+        let errors: Vec<String> = state.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            [
+                "nas/box: route \"bad\": label proxy.bad.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET",
+                "nas: cannot reach the Docker engine at unix:///x; keeping the last known container routes, retrying",
+                "local/box: route \"bad\": label proxy.bad.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET",
+            ]
         );
     }
 }

@@ -41,6 +41,10 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// How often a lost directory watch is tried again.
 pub const WATCH_RETRY: Duration = Duration::from_secs(1);
 
+/// How often a file whose last read failed (or that vanished) is read again by default: the
+/// controller's re-apply period, so an outage's edit is applied on the next tick.
+pub const REREAD_INTERVAL: Duration = Duration::from_secs(30);
+
 /// How a routes-file provider reads its file besides following the directory watch.
 #[derive(Debug, Clone)]
 pub struct FileOptions {
@@ -53,7 +57,7 @@ pub struct FileOptions {
 
 impl Default for FileOptions {
     fn default() -> Self {
-        FileOptions { reread: crate::controller::RETRY_INTERVAL, reload: Reload::new() }
+        FileOptions { reread: REREAD_INTERVAL, reload: Reload::new() }
     }
 }
 

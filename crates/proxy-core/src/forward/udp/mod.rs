@@ -43,10 +43,11 @@ mod lru;
 mod relay;
 mod sessions;
 mod slab;
+mod tuning;
+mod upstream;
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::UdpSocket;
@@ -59,31 +60,7 @@ use super::epoll::{Epoll, Events};
 use super::mmsg::RecvBatch;
 use lru::Clock;
 use sessions::{Event, Sessions};
-
-/// Datagrams a client may have waiting while its session's target is being resolved.
-pub(crate) const PENDING_MAX_DATAGRAMS: usize = 8;
-/// Bytes all of a route's dialling sessions may have waiting at once.
-pub(crate) const PENDING_MAX_BYTES: usize = 1 << 20;
-/// Replies read from one session's socket per round, so that one flooding target yields
-/// to the other sessions, the client direction and the timer.
-pub(super) const REPLY_BURST: usize = 64;
-/// Ready sessions collected per round of replies (one epoll_wait).
-const READY_MAX: usize = 64;
-/// First and longest pause after an error on the listening socket.
-const RECV_BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// See [`RECV_BACKOFF_MIN`].
-const RECV_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How often at most a route logs datagrams too large for a session's socket.
-pub(super) const OVERSIZE_LOG_PERIOD: Duration = Duration::from_secs(1);
-/// Stale heap entries tolerated beyond the number of live sessions before a rebuild.
-pub(super) const LRU_SLACK: usize = 1024;
-/// Receive buffer asked for the listening socket (the kernel caps it at `net.core.rmem_max`).
-/// The default (about 200 KiB, a few hundred datagrams) overflows whenever the loop is kept
-/// off its CPU for a few milliseconds at tens of thousands of datagrams per second. Kernel
-/// memory, charged only while datagrams wait.
-const LISTEN_RCVBUF: usize = 4 << 20;
-/// Receive buffer asked for each session's upstream socket (its replies); as above.
-pub(super) const UPSTREAM_RCVBUF: usize = 1 << 20;
+use tuning::{LISTEN_RCVBUF, READY_MAX, RECV_BACKOFF_MAX, RECV_BACKOFF_MIN};
 
 /// Serves datagrams until `ctx.close_conns` is cancelled; see the module doc.
 ///

@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
 use super::lru::{Clock, Lru};
-use super::relay::send_upstream;
 use super::slab::{Key, Peer, Table};
-use super::{LRU_SLACK, OVERSIZE_LOG_PERIOD, PENDING_MAX_BYTES, PENDING_MAX_DATAGRAMS, UPSTREAM_RCVBUF};
+use super::tuning::{LRU_SLACK, OVERSIZE_LOG_PERIOD, PENDING_MAX_BYTES, PENDING_MAX_DATAGRAMS, UPSTREAM_RCVBUF};
+use super::upstream::send_upstream;
 use crate::access_log::Outcome;
 use crate::balance::Lease;
 use crate::error::DialError;

@@ -14,10 +14,10 @@ use bollard::query_parameters::{InspectServiceOptions, ListServicesOptions};
 use serde::Deserialize;
 use tracing::debug;
 
-use crate::engine::short_id;
 use crate::error::WatchError;
-use crate::http::RawClient;
+use crate::io::http::RawClient;
 use crate::swarm::{ServiceView, TaskView};
+use crate::views::short_id;
 
 /// The id of this engine's node when it is an active swarm manager (the only kind of node
 /// that can list services); `None` otherwise, also when `/info` is refused (a socket proxy

@@ -1,76 +1,92 @@
-//! Talking to the Docker engine: connecting, and turning its answers into [`ContainerView`]s.
-//!
-//! Only read endpoints are used (ping, version, list, inspect, events), so dockward works
-//! behind a read-only socket proxy.
+//! The engine's answers (a list entry, an inspect answer, /proc text) read into
+//! [`ContainerView`]s and ids. Pure: no I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::time::Duration;
 
-use bollard::Docker;
-use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings};
-use bollard::query_parameters::ListContainersOptions;
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, PortMap, PortSummary};
+use route_spec::Protocol;
 
-use crate::error::WatchError;
 use crate::labels::{ContainerState, ContainerView};
 
-/// Where the engine is when neither `--docker-host` nor `DOCKER_HOST` says.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// One port a container publishes on its engine's machine (`-p 8080:80`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// The port inside the container (80).
+    pub container_port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The address it is published on (`0.0.0.0`, `::`, `127.0.0.1`, or empty for all).
+    pub host_ip: String,
+    /// The port on the engine's machine (8080).
+    pub host_port: u16,
+}
 
-/// The engine address in use: the explicit one, else `DOCKER_HOST`, else the default socket.
-pub fn effective_host(explicit: Option<&str>) -> String {
-    match explicit {
-        Some(h) if !h.trim().is_empty() => h.trim().to_string(),
-        _ => std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string()),
+/// What the engine said about one container: its view, and the ports it publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ContainerFacts {
+    /// Labels, networks, state.
+    pub(crate) view: ContainerView,
+    /// Its published ports, for targets that its own address cannot serve.
+    pub(crate) published: Vec<PublishedPort>,
+}
+
+/// Facts from a list entry; `None` without an id.
+pub(crate) fn facts_from_summary(c: ContainerSummary) -> Option<ContainerFacts> {
+    let published = c.ports.as_deref().map(published_from_summary).unwrap_or_default();
+    Some(ContainerFacts { view: view_from_summary(c)?, published })
+}
+
+/// Facts from an inspect answer; `None` without an id.
+pub(crate) fn facts_from_inspect(c: ContainerInspectResponse) -> Option<ContainerFacts> {
+    let published =
+        c.network_settings.as_ref().and_then(|n| n.ports.as_ref()).map(published_from_inspect).unwrap_or_default();
+    Some(ContainerFacts { view: view_from_inspect(c)?, published })
+}
+
+fn protocol_of(name: &str) -> Option<Protocol> {
+    match name {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        _ => None, // sctp
     }
 }
 
-/// A client for `host` (`unix:///path`, `tcp://host:port`, `http://host:port`, or a bare
-/// socket path), with `timeout` on every request, its API version negotiated down to the
-/// engine's (the engine here speaks 1.41; bollard starts from a newer one).
-pub async fn connect(host: &str, timeout: Duration) -> Result<Docker, WatchError> {
-    let url = if host.starts_with('/') { format!("unix://{host}") } else { host.to_string() };
-    let docker = Docker::connect_with_host(&url)
-        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?
-        .with_timeout(timeout);
-    let docker = tokio::time::timeout(timeout, docker.negotiate_version())
-        .await
-        .map_err(|_| WatchError::Connect { host: host.to_string(), source: BollardError::RequestTimeoutError })?
-        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?;
-    Ok(docker)
+fn published_from_summary(ports: &[PortSummary]) -> Vec<PublishedPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some(PublishedPort {
+                container_port: p.private_port,
+                protocol: protocol_of(p.typ.map(|t| t.to_string()).as_deref().unwrap_or("tcp"))?,
+                host_ip: p.ip.clone().unwrap_or_default(),
+                host_port: p.public_port.filter(|p| *p != 0)?,
+            })
+        })
+        .collect()
 }
 
-/// `"20.10.24 (API 1.41)"`: the engine's version, for logs.
-pub async fn engine_version(docker: &Docker, host: &str) -> Result<String, WatchError> {
-    let v = docker.version().await.map_err(|source| WatchError::engine(host, "version", source))?;
-    Ok(format!("{} (API {})", v.version.as_deref().unwrap_or("unknown"), v.api_version.as_deref().unwrap_or("unknown")))
-}
-
-/// Every running or paused container carrying all of `label_filters`, as views.
-pub async fn list_views(
-    docker: &Docker,
-    host: &str,
-    label_filters: &[String],
-) -> Result<Vec<ContainerView>, WatchError> {
-    let filters =
-        (!label_filters.is_empty()).then(|| [("label".to_string(), label_filters.to_vec())].into_iter().collect());
-    let options = ListContainersOptions { all: false, filters, ..Default::default() };
-    let list =
-        docker.list_containers(Some(options)).await.map_err(|source| WatchError::engine(host, "list", source))?;
-    Ok(list.into_iter().filter_map(view_from_summary).collect())
-}
-
-/// One container by id or name; `Ok(None)` when the engine says it does not exist.
-pub async fn inspect_view(docker: &Docker, host: &str, id_or_name: &str) -> Result<Option<ContainerView>, WatchError> {
-    match docker.inspect_container(id_or_name, None).await {
-        Ok(c) => Ok(view_from_inspect(c)),
-        Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
-        Err(source) => Err(WatchError::engine(host, "inspect", source)),
-    }
+/// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}` → published ports, sorted.
+fn published_from_inspect(ports: &PortMap) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = ports
+        .iter()
+        .filter_map(|(key, bindings)| {
+            let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+            Some((port.parse::<u16>().ok()?, protocol_of(proto)?, bindings.as_ref()?))
+        })
+        .flat_map(|(container_port, protocol, bindings)| {
+            bindings.iter().filter_map(move |b| {
+                Some(PublishedPort {
+                    container_port,
+                    protocol,
+                    host_ip: b.host_ip.clone().unwrap_or_default(),
+                    host_port: b.host_port.as_deref()?.parse().ok().filter(|p| *p != 0)?,
+                })
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.container_port, a.host_port, &a.host_ip).cmp(&(b.container_port, b.host_port, &b.host_ip)));
+    out
 }
 
 /// A view from a list entry; `None` without an id.
@@ -90,6 +106,11 @@ pub fn view_from_summary(c: ContainerSummary) -> Option<ContainerView> {
         state: c.state.map(|s| ContainerState::parse(s.as_ref())).unwrap_or_default(),
         id,
     })
+}
+
+/// Whether a list entry says all a view needs: Podman's lacks `HostConfig` (the network mode).
+pub(crate) fn summary_is_complete(c: &ContainerSummary) -> bool {
+    c.host_config.as_ref().is_some_and(|h| h.network_mode.is_some())
 }
 
 /// A view from an inspect answer; `None` without an id.
@@ -125,30 +146,6 @@ fn addresses(networks: HashMap<String, EndpointSettings>) -> BTreeMap<String, Op
             (name, ip)
         })
         .collect()
-}
-
-/// The id of the container this process runs in, when it looks like it runs in one.
-///
-/// Docker bind-mounts `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` from
-/// `/var/lib/docker/containers/<id>/`, which `/proc/self/mountinfo` shows; cgroup v1 paths
-/// (`/docker/<id>`, `docker-<id>.scope`) name it too. As a last resort `HOSTNAME` (Docker's
-/// default hostname is the short id) is tried when `/.dockerenv` exists. The engine is asked
-/// about the candidate before it is trusted.
-pub fn detect_own_container_id() -> Option<String> {
-    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo")
-        && let Some(id) = id_from_mountinfo(&mountinfo)
-    {
-        return Some(id);
-    }
-    if let Ok(cgroup) = std::fs::read_to_string("/proc/self/cgroup")
-        && let Some(id) = id_from_cgroup(&cgroup)
-    {
-        return Some(id);
-    }
-    if std::path::Path::new("/.dockerenv").exists() {
-        return std::env::var("HOSTNAME").ok().filter(|h| h.len() >= 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    }
-    None
 }
 
 fn is_full_id(s: &str) -> bool {
@@ -188,23 +185,6 @@ pub(crate) fn id_from_cgroup(text: &str) -> Option<String> {
     None
 }
 
-/// The networks of dockward's own container that another container can share, given its id:
-/// empty when it runs in host mode, on no network, or the engine does not know the id.
-pub async fn own_networks(docker: &Docker, host: &str, own_id: &str) -> Result<Vec<String>, WatchError> {
-    let Some(view) = inspect_view(docker, host, own_id).await? else {
-        return Ok(Vec::new());
-    };
-    if view.network_mode == "host" {
-        return Ok(Vec::new());
-    }
-    Ok(view
-        .networks
-        .into_iter()
-        .filter(|(name, ip)| ip.is_some() && name != "host" && name != "none")
-        .map(|(n, _)| n)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +203,48 @@ mod tests {
         assert_eq!(id_from_cgroup(&format!("12:memory:/docker/{ID}\n")).as_deref(), Some(ID));
         assert_eq!(id_from_cgroup(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(), Some(ID));
         assert_eq!(id_from_cgroup("0::/\n4:memory:/process_api/fc0c7b28\n"), None);
+    }
+
+    #[test]
+    fn published_ports_are_read_from_inspect_and_list_answers() {
+        use bollard::models::{PortBinding, PortSummaryTypeEnum};
+        let map: PortMap = [
+            (
+                "80/tcp".to_string(),
+                Some(vec![PortBinding { host_ip: Some("0.0.0.0".into()), host_port: Some("8080".into()) }]),
+            ),
+            ("53/udp".to_string(), Some(vec![PortBinding { host_ip: None, host_port: Some("5353".into()) }])),
+            ("443/tcp".to_string(), None),
+            ("9/sctp".to_string(), Some(vec![PortBinding { host_ip: None, host_port: Some("9".into()) }])),
+        ]
+        .into_iter()
+        .collect();
+        let got = published_from_inspect(&map);
+        assert_eq!(
+            got,
+            vec![
+                PublishedPort { container_port: 53, protocol: Protocol::Udp, host_ip: String::new(), host_port: 5353 },
+                PublishedPort {
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: "0.0.0.0".into(),
+                    host_port: 8080
+                },
+            ]
+        );
+        let summary = [
+            PortSummary {
+                ip: Some("::".into()),
+                private_port: 80,
+                public_port: Some(8080),
+                typ: Some(PortSummaryTypeEnum::TCP),
+            },
+            PortSummary { ip: None, private_port: 81, public_port: None, typ: Some(PortSummaryTypeEnum::TCP) },
+        ];
+        assert_eq!(
+            published_from_summary(&summary),
+            vec![PublishedPort { container_port: 80, protocol: Protocol::Tcp, host_ip: "::".into(), host_port: 8080 }]
+        );
     }
 
     #[test]

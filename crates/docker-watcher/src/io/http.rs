@@ -30,7 +30,7 @@ pub(crate) struct RawClient {
 }
 
 impl RawClient {
-    /// A client for `host` (as given to [`connect`](crate::engine::connect)) speaking API
+    /// A client for `host` (as given to [`connect`](crate::io::engine::connect)) speaking API
     /// `version` (`1.41`).
     pub(crate) fn new(host: &str, version: String, timeout: Duration) -> Self {
         RawClient { host: host.to_string(), version, timeout }

@@ -1,0 +1,138 @@
+//! Talking to the Docker engine: connecting, listing and inspecting containers (the answers
+//! are read into views by [`crate::views`]).
+//!
+//! Only read endpoints are used (ping, version, list, inspect, events), so dockward works
+//! behind a read-only socket proxy.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::ListContainersOptions;
+
+use crate::config::OwnContainer;
+use crate::error::WatchError;
+use crate::labels::LABEL_PREFIX;
+use crate::views::{
+    ContainerFacts, facts_from_inspect, facts_from_summary, id_from_cgroup, id_from_mountinfo, summary_is_complete,
+};
+
+/// A client for `host` (`unix:///path`, `tcp://host:port`, `http://host:port`, or a bare
+/// socket path), with `timeout` on every request, its API version negotiated down to the
+/// engine's (the engine here speaks 1.41; bollard starts from a newer one).
+pub async fn connect(host: &str, timeout: Duration) -> Result<Docker, WatchError> {
+    let url = if host.starts_with('/') { format!("unix://{host}") } else { host.to_string() };
+    let docker = Docker::connect_with_host(&url)
+        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?
+        .with_timeout(timeout);
+    let docker = tokio::time::timeout(timeout, docker.negotiate_version())
+        .await
+        .map_err(|_| WatchError::Connect { host: host.to_string(), source: BollardError::RequestTimeoutError })?
+        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?;
+    Ok(docker)
+}
+
+/// `"20.10.24 (API 1.41)"`: the engine's version, for logs.
+pub async fn engine_version(docker: &Docker, host: &str) -> Result<String, WatchError> {
+    let v = docker.version().await.map_err(|source| WatchError::engine(host, "version", source))?;
+    Ok(format!("{} (API {})", v.version.as_deref().unwrap_or("unknown"), v.api_version.as_deref().unwrap_or("unknown")))
+}
+
+/// Every running or paused container carrying all of `label_filters`, with its published ports.
+///
+/// Podman's list omits `HostConfig`, so a list entry does not say that its container uses
+/// the host's network: such entries (with `proxy.*` labels) are inspected instead.
+pub(crate) async fn list_views(
+    docker: &Docker,
+    host: &str,
+    label_filters: &[String],
+) -> Result<Vec<ContainerFacts>, WatchError> {
+    let filters =
+        (!label_filters.is_empty()).then(|| [("label".to_string(), label_filters.to_vec())].into_iter().collect());
+    let options = ListContainersOptions { all: false, filters, ..Default::default() };
+    let list =
+        docker.list_containers(Some(options)).await.map_err(|source| WatchError::engine(host, "list", source))?;
+    let mut views = Vec::with_capacity(list.len());
+    for summary in list {
+        if summary_is_complete(&summary) {
+            views.extend(facts_from_summary(summary));
+            continue;
+        }
+        let labelled = summary.labels.as_ref().is_some_and(|l| l.keys().any(|k| k.starts_with(LABEL_PREFIX)));
+        if let (true, Some(id)) = (labelled, summary.id.as_deref()) {
+            // Gone since the list (404): nothing to add.
+            views.extend(inspect_view(docker, host, id).await?);
+        }
+    }
+    Ok(views)
+}
+
+/// One container by id or name; `Ok(None)` when the engine says it does not exist.
+pub(crate) async fn inspect_view(
+    docker: &Docker,
+    host: &str,
+    id_or_name: &str,
+) -> Result<Option<ContainerFacts>, WatchError> {
+    match docker.inspect_container(id_or_name, None).await {
+        Ok(c) => Ok(facts_from_inspect(c)),
+        Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(source) => Err(WatchError::engine(host, "inspect", source)),
+    }
+}
+
+/// The id of the container this process runs in, when it looks like it runs in one.
+///
+/// Docker bind-mounts `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` from
+/// `/var/lib/docker/containers/<id>/`, which `/proc/self/mountinfo` shows; cgroup v1 paths
+/// (`/docker/<id>`, `docker-<id>.scope`) name it too. As a last resort `HOSTNAME` (Docker's
+/// default hostname is the short id) is tried when `/.dockerenv` exists. The engine is asked
+/// about the candidate before it is trusted.
+pub fn detect_own_container_id() -> Option<String> {
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo")
+        && let Some(id) = id_from_mountinfo(&mountinfo)
+    {
+        return Some(id);
+    }
+    if let Ok(cgroup) = std::fs::read_to_string("/proc/self/cgroup")
+        && let Some(id) = id_from_cgroup(&cgroup)
+    {
+        return Some(id);
+    }
+    if std::path::Path::new("/.dockerenv").exists() {
+        return std::env::var("HOSTNAME").ok().filter(|h| h.len() >= 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    None
+}
+
+/// The networks of dockward's own container, found as `own` says (see [`own_networks`]).
+pub(crate) async fn own_networks_of(
+    docker: &Docker,
+    host: &str,
+    own: &OwnContainer,
+) -> Result<Vec<String>, WatchError> {
+    match own {
+        OwnContainer::Disabled => Ok(Vec::new()),
+        OwnContainer::Id(id) => own_networks(docker, host, id).await,
+        OwnContainer::Detect => match detect_own_container_id() {
+            Some(id) => own_networks(docker, host, &id).await,
+            None => Ok(Vec::new()),
+        },
+    }
+}
+
+/// The networks of dockward's own container that another container can share, given its id:
+/// empty when it runs in host mode, on no network, or the engine does not know the id.
+pub async fn own_networks(docker: &Docker, host: &str, own_id: &str) -> Result<Vec<String>, WatchError> {
+    let Some(ContainerFacts { view, .. }) = inspect_view(docker, host, own_id).await? else {
+        return Ok(Vec::new());
+    };
+    if view.network_mode == "host" {
+        return Ok(Vec::new());
+    }
+    Ok(view
+        .networks
+        .into_iter()
+        .filter(|(name, ip)| ip.is_some() && name != "host" && name != "none")
+        .map(|(n, _)| n)
+        .collect())
+}
