@@ -43,6 +43,7 @@ Examples:
   dockward run --routes /etc/dockward/routes.yml --admin unix:/run/dockward.sock
   dockward run --no-docker --routes a.yml --routes b.yml --log-format json
   dockward run --routes r.yml --allow 10.0.0.0/8,192.168.1.5 --deny 10.0.0.66
+  dockward run --routes r.yml --access-log /var/log/dockward/access.log --access-log-format json
 
 Routes files are watched: edits apply within ~100 ms; a file with errors keeps its previous
 routes running and shows its errors in `dockward routes`.
@@ -132,6 +133,14 @@ pub struct RunArgs {
     /// networks, comma-separated or with the flag repeated.
     #[arg(long, value_name = "CIDR,...", env = "DOCKWARD_DENY", value_parser = NetList::parse)]
     pub deny: Vec<NetList>,
+    /// Access log: one line per TCP connection and UDP session as it ends (and per client
+    /// refused), to stdout, stderr or a file (appended to; reopened on SIGHUP, for
+    /// logrotate). Off unless given; a route with `access_log: false` is left out.
+    #[arg(long, value_name = "stdout|stderr|PATH")]
+    pub access_log: Option<crate::access_log::Destination>,
+    /// Access-log line format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = crate::access_log::Format::Text)]
+    pub access_log_format: crate::access_log::Format,
     /// How logs are written.
     #[command(flatten)]
     pub log: LogArgs,

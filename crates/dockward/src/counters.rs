@@ -115,6 +115,14 @@ pub const COUNTERS: &[Counter] = &[
         column: None,
         read: |s| s.proxy_header_errors,
     },
+    Counter {
+        key: "limited",
+        metric: "route_limited",
+        help: "clients over max_connections_per_ip or rate_limit (TCP connections, UDP datagrams)",
+        protocol: None,
+        column: None,
+        read: |s| s.limited,
+    },
 ];
 
 /// The values of [`COUNTERS`] for one route, in their order. In JSON, one key per counter
@@ -236,6 +244,7 @@ mod tests {
             dropped: 8,
             denied: 9,
             proxy_header_errors: 10,
+            limited: 11,
             ..Default::default()
         };
         let json = serde_json::to_value(&s).unwrap();

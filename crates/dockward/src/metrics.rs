@@ -70,15 +70,18 @@ struct RouteCollector {
 
 impl Collector for RouteCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encode_routes(encoder, &self.view.table().status(), &self.view.provider_errors())
+        let dropped = self.view.table().access_log().map(|log| log.dropped());
+        encode_routes(encoder, &self.view.table().status(), &self.view.provider_errors(), dropped)
     }
 }
 
-/// Encodes the per-route series of `statuses` and the provider-error gauge of `errors`.
+/// Encodes the per-route series of `statuses`, the provider-error gauge of `errors` and,
+/// with an access log, the count of its `dropped` lines.
 fn encode_routes(
     mut encoder: DescriptorEncoder,
     statuses: &[RouteStatus],
     errors: &[ProviderError],
+    dropped: Option<u64>,
 ) -> Result<(), std::fmt::Error> {
     let mut routes: BTreeMap<RouteLabels, Sums> = BTreeMap::new();
     for status in statuses {
@@ -127,6 +130,16 @@ fn encode_routes(
     for (source, n) in by_source {
         let labels = [("source", source)];
         ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    if let Some(dropped) = dropped {
+        let dropped = ConstCounter::new(dropped);
+        let family = encoder.encode_descriptor(
+            "access_log_dropped",
+            "access-log lines dropped because the writer fell behind",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(family)?;
     }
     Ok(())
 }
@@ -185,7 +198,7 @@ mod tests {
 
     impl Collector for Fixed {
         fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            encode_routes(encoder, &self.0, &self.1)
+            encode_routes(encoder, &self.0, &self.1, None)
         }
     }
 

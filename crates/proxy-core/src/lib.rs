@@ -23,8 +23,10 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod access_log;
 pub mod acl;
 mod balance;
+pub mod client_limits;
 mod error;
 pub mod fd_budget;
 mod forward;
@@ -43,14 +45,16 @@ mod hooks {
     pub(crate) use route_spec::{ConnInfo, Direction, Hooks};
 }
 
+pub use access_log::{AccessEvent, AccessLog, Outcome};
 pub use acl::Acl;
+pub use client_limits::ClientLimits;
 pub use error::{DialError, RouteError};
 // The route values this crate's API takes and returns: `RouteTable::apply` takes
 // `RouteSpec`s, `RouteStatus` holds one, hooks see a `ConnInfo`. The field grammar
 // (`route_spec::fields`, `route_spec::nets`) is not re-exported: only providers use it.
 pub use route_spec::{
     AcceptProxy, Balance, ConnInfo, Direction, Family, HealthCheck, Hooks, IpNet, OnReadHook, OptionError, PreDialHook,
-    Protocol, ProxyVersion, RouteId, RouteOptions, RouteSpec, Scheme, SpecError, Target,
+    Protocol, ProxyVersion, Rate, RouteId, RouteOptions, RouteSpec, Scheme, SpecError, Target,
 };
 pub use stats::{RouteState, RouteStatus, StatsSnapshot, TargetStatus};
 pub use table::plan::clash::{Clash, clashes};

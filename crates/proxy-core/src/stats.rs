@@ -68,6 +68,9 @@ counters! {
     /// TCP connections closed for a missing, invalid or late PROXY header, or for coming
     /// from an untrusted peer when a header is required.
     proxy_header_errors,
+    /// Clients over a per-client limit (`max_connections_per_ip`, `rate_limit`): TCP
+    /// connections closed at accept, UDP datagrams that would have opened a session.
+    limited,
 }
 
 impl RouteStats {

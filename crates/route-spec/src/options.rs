@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::{Balance, HealthCheck};
 use crate::proxy_protocol::{Accept as AcceptProxy, DEFAULT_TIMEOUT as DEFAULT_PROXY_TIMEOUT, Version as ProxyVersion};
+use crate::rate::Rate;
 
 /// Tunables of one route, each with a documented default.
 ///
@@ -56,6 +57,20 @@ pub struct RouteOptions {
     pub health_interval: Duration,
     /// How long one active check may take to connect. Default 2 s.
     pub health_timeout: Duration,
+    /// Whether the route's connections and sessions go to the access log, when dockward
+    /// writes one (`dockward run --access-log`). Default true.
+    pub access_log: bool,
+    /// Most TCP connections one client may have open at once; further ones are closed at
+    /// accept and counted as limited. Default 0: unlimited.
+    pub max_connections_per_ip: u32,
+    /// New TCP connections or UDP sessions per client. Default `None`: unlimited.
+    pub rate_limit: Option<Rate>,
+    /// How many new connections or sessions a client may open at once before the rate
+    /// applies. Default 0: the rate's count.
+    pub rate_limit_burst: u32,
+    /// IPv6 clients in one network of this prefix length count as one client for the
+    /// per-client limits. Default 64.
+    pub client_ipv6_prefix: u8,
 }
 
 impl RouteOptions {
@@ -71,6 +86,8 @@ impl RouteOptions {
     pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = DEFAULT_PROXY_TIMEOUT;
     /// Default for [`RouteOptions::health_interval`].
     pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default for [`RouteOptions::client_ipv6_prefix`].
+    pub const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
     /// Default for [`RouteOptions::health_timeout`].
     pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 }
@@ -111,6 +128,11 @@ impl Default for RouteOptions {
             health_check: HealthCheck::default(),
             health_interval: Self::DEFAULT_HEALTH_INTERVAL,
             health_timeout: Self::DEFAULT_HEALTH_TIMEOUT,
+            access_log: true,
+            max_connections_per_ip: 0,
+            rate_limit: None,
+            rate_limit_burst: 0,
+            client_ipv6_prefix: Self::DEFAULT_CLIENT_IPV6_PREFIX,
         }
     }
 }

@@ -1,12 +1,14 @@
 //! `dockward run`: providers → controller → route table, plus the admin API, until a signal.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access_log;
 use crate::admin::{self, AdminListener};
 use crate::cli::RunArgs;
 use crate::controller::Controller;
@@ -58,12 +60,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller = Controller::new(providers);
     // Before the first apply, so no route ever serves without the global ACL.
     controller.view().table().set_global_acl(global_acl);
+    let access_log = match args.access_log {
+        Some(destination) => {
+            let (sink, writer) = access_log::Writer::start(destination, args.access_log_format)?;
+            controller.view().table().set_access_log(Some(sink));
+            Some(writer)
+        }
+        None => None,
+    };
     let admin_stop = CancellationToken::new();
     let admin_thread = admin::spawn_thread(listener, controller.view(), admin_limits, admin_stop.clone())?;
     info!(admin = %bound, max_connections = admin_limits.max_connections, "admin API listening");
     if let Some(file) = &args.admin_addr_file {
         admin::write_addr_file(file, &bound)?;
     }
+    let view = controller.view();
     let mut controller_task = tokio::spawn(controller.run(shutdown.clone()));
 
     let first = loop {
@@ -92,6 +103,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     admin_stop.cancel();
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
+    if let Some(writer) = access_log {
+        // The routes are stopped: with the table's sink gone, the writer ends once it has
+        // written what is queued.
+        view.table().set_access_log(None);
+        writer.finish(ACCESS_LOG_FINISH).await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -156,6 +173,9 @@ fn raise_nofile_limit() -> Option<u64> {
         }
     }
 }
+
+/// How long the access-log writer may take, at exit, to write what is queued.
+const ACCESS_LOG_FINISH: Duration = Duration::from_secs(5);
 
 /// Below this many descriptors, `dockward run` warns at start.
 const LOW_NOFILE: u64 = 4096;

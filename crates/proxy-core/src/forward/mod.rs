@@ -24,8 +24,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{AccessEvent, AccessLog, Outcome};
 use crate::acl::{Access, Acl, NetSet};
 use crate::balance::{Backoff, TargetSet};
+use crate::client_limits::{ClientLimits, ClientTable};
 use crate::hooks::{ConnInfo, Hooks};
 use crate::route::{Protocol, RouteOptions, RouteSpec};
 use crate::stats::RouteStats;
@@ -41,6 +43,11 @@ pub(crate) struct Live {
     pub access: Access,
     /// The route's `trusted` networks, compiled.
     pub trusted: NetSet,
+    /// The route's per-client limits.
+    pub limits: ClientLimits,
+    /// Whether the route's connections and sessions go to the access log (when the table
+    /// has one).
+    pub access_log: bool,
 }
 
 impl Live {
@@ -57,6 +64,8 @@ impl Live {
             hooks: spec.hooks.clone(),
             access: Access { route: Acl::new(options.allow.clone(), options.deny.clone()), global },
             trusted: NetSet::new(&options.trusted),
+            limits: client_limits(options),
+            access_log: options.access_log,
         }
     }
 }
@@ -76,6 +85,10 @@ pub(crate) struct RouteCtx {
     pub close_conns: CancellationToken,
     /// Tracks the listener task and every connection or session task of this route.
     pub tracker: TaskTracker,
+    /// The table's access log, if it has one.
+    pub access_log: Option<AccessLog>,
+    /// Per-client state for the route's limits; kept across updates in place.
+    pub clients: Arc<ClientTable>,
 }
 
 impl RouteCtx {
@@ -84,8 +97,51 @@ impl RouteCtx {
         ConnInfo { alias: &self.alias, protocol: self.protocol, peer, listen: self.listen }
     }
 
+    /// The access log's sink when `live` logs, with an event's route fields filled in by
+    /// [`RouteCtx::event`].
+    pub fn access_log(&self, live: &Live) -> Option<&AccessLog> {
+        self.access_log.as_ref().filter(|_| live.access_log)
+    }
+
+    /// An event for `client` ending with `outcome`, at this instant: the counts and target
+    /// are zero and `None`, for the caller to fill in.
+    pub fn event(&self, client: SocketAddr, outcome: Outcome, error: Option<String>) -> AccessEvent {
+        AccessEvent {
+            time: std::time::SystemTime::now(),
+            alias: self.alias.clone(),
+            protocol: self.protocol,
+            listen: self.listen,
+            client,
+            target: None,
+            duration: std::time::Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            datagrams_in: 0,
+            datagrams_out: 0,
+            outcome,
+            error,
+        }
+    }
+
+    /// Logs a client refused before any connection or session began.
+    pub fn log_refused(&self, live: &Live, client: SocketAddr, outcome: Outcome, error: impl FnOnce() -> String) {
+        if let Some(log) = self.access_log(live) {
+            log.send(self.event(client, outcome, Some(error())));
+        }
+    }
+
     /// The current live settings.
     pub fn current(&self) -> Arc<Live> {
         self.live.borrow().clone()
+    }
+}
+
+/// The per-client limits `options` set.
+fn client_limits(options: &RouteOptions) -> ClientLimits {
+    ClientLimits {
+        max_connections_per_ip: options.max_connections_per_ip,
+        rate_limit: options.rate_limit,
+        rate_limit_burst: options.rate_limit_burst,
+        ipv6_prefix: options.client_ipv6_prefix,
     }
 }

@@ -19,6 +19,8 @@ use tokio::time::Instant;
 use tracing::{debug, error};
 
 use super::{Live, RouteCtx, dial};
+use crate::access_log::Outcome;
+use crate::client_limits::ClientGuard;
 use crate::hooks::Direction;
 use crate::proxy_protocol::{self, Accept, Transport};
 use crate::stats::RouteStats;
@@ -49,24 +51,37 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
                 // A trusted proxy's header names the real client: that one is judged once the
                 // header is read. Everyone else is judged here, before a task is spawned.
                 let header_expected = live.options.accept_proxy_protocol.is_some() && live.trusted.contains(peer.ip());
+                let mut client_guard = None;
                 if !header_expected {
                     if let Err((acl, reason)) = live.access.check(peer.ip()) {
                         RouteStats::add(&ctx.stats.denied, 1);
                         debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
+                        ctx.log_refused(&live, peer, Outcome::Denied, || format!("{} ACL: {reason}", acl.as_str()));
                         drop(client);
                         continue;
                     }
                     if live.options.accept_proxy_protocol == Some(Accept::Required) {
                         RouteStats::add(&ctx.stats.proxy_header_errors, 1);
                         debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "proxy_header_error", "untrusted peer where a PROXY header is required");
+                        ctx.log_refused(&live, peer, Outcome::Denied, || {
+                            "PROXY header required from an untrusted peer".into()
+                        });
                         drop(client);
                         continue;
+                    }
+                    match admit_client(&ctx, &live, peer) {
+                        Ok(guard) => client_guard = guard,
+                        Err(()) => {
+                            drop(client);
+                            continue;
+                        }
                     }
                 }
                 let max = live.options.max_connections;
                 if max > 0 && ctx.stats.active.load(Relaxed) >= u64::from(max) {
                     RouteStats::add(&ctx.stats.rejected, 1);
                     debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "reject", max_connections = max, "over max_connections");
+                    ctx.log_refused(&live, peer, Outcome::Limited, || format!("max_connections {max} reached"));
                     drop(client);
                     continue;
                 }
@@ -75,7 +90,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: RouteCtx) {
                 RouteStats::add(&ctx.stats.total, 1);
                 RouteStats::add(&ctx.stats.active, 1);
                 let active = ActiveGuard(ctx.stats.clone());
-                ctx.tracker.spawn(connection(client, peer, header_expected, live, shared.clone(), active));
+                let admitted = Admitted { header_expected, active, client: client_guard };
+                ctx.tracker.spawn(connection(client, peer, admitted, live, shared.clone()));
             }
             Err(e) if is_per_connection(&e) => {
                 debug!(protocol = "tcp", listen = %ctx.listen, action = "accept", error = %e, "client gone before accept");
@@ -110,6 +126,35 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// Asks the route's per-client limits about `peer`: `Err` (counted, logged) when it is over
+/// one, else the guard that counts its connection as open.
+fn admit_client(ctx: &RouteCtx, live: &Live, peer: SocketAddr) -> Result<Option<ClientGuard>, ()> {
+    if !live.limits.is_set() {
+        return Ok(None);
+    }
+    ctx.clients.admit(peer.ip(), &live.limits, true).map_err(|refusal| {
+        RouteStats::add(&ctx.stats.limited, 1);
+        debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "limit", %refusal, "over a per-client limit");
+        ctx.log_refused(live, peer, Outcome::Limited, || refusal.to_string());
+    })
+}
+
+/// What the accept loop hands a connection's task.
+struct Admitted {
+    /// Whether a PROXY header is expected first (the route accepts them and the peer is
+    /// trusted); the client it names is judged then.
+    header_expected: bool,
+    /// The connection's unit of the route's `active`.
+    active: ActiveGuard,
+    /// The connection's unit of its client's open connections, once judged.
+    client: Option<ClientGuard>,
+}
+
+/// The route's reasons for ending a copy (see [`until_closed`]).
+const DRAINED: &str = "route removed";
+/// See [`DRAINED`].
+const IDLE: &str = "idle timeout";
+
 /// One unit of `active`, given back however the connection ends (even if its task is
 /// dropped before it first runs).
 struct ActiveGuard(Arc<RouteStats>);
@@ -121,29 +166,32 @@ impl Drop for ActiveGuard {
 }
 
 /// One client: its PROXY header when one is expected (`header_expected`: the route accepts
-/// them and `socket_peer` is trusted) and the ACL for the client it names, pre-dial hook,
-/// dial, the PROXY header sent on and any bytes read with the header, then copy both ways
-/// until both sides are done, the route closes its connections, or the idle timeout fires.
+/// them and `socket_peer` is trusted) and the ACL and limits for the client it names,
+/// pre-dial hook, dial, the PROXY header sent on and any bytes read with the header, then
+/// copy both ways until both sides are done, the route closes its connections, or the idle
+/// timeout fires. The access log gets its line at the end.
 async fn connection(
     mut client: TcpStream,
     socket_peer: SocketAddr,
-    header_expected: bool,
+    admitted: Admitted,
     live: Arc<Live>,
     ctx: Arc<RouteCtx>,
-    _active: ActiveGuard,
 ) {
+    let Admitted { header_expected, active: _active, client: mut _client_guard } = admitted;
+    let accepted = Instant::now();
+    // The client: the socket's peer, or the one a trusted header names.
+    let mut peer = socket_peer;
     // Everything before the copy, boxed: its state (header, hook, dial, header sent on)
     // is freed once the connection is established, so an open connection's task holds
     // only what copying needs.
     let established = Box::pin(async {
-        // The client, and the address it connected to when a header named one.
-        let mut peer = socket_peer;
+        // The address the client connected to when a header named one.
         let mut header_dst = None;
         // Client bytes read along with the header: forwarded before anything else.
         let mut early = Vec::new();
         if header_expected && let Some(mode) = live.options.accept_proxy_protocol {
             let read = tokio::select! {
-                _ = ctx.close_conns.cancelled() => return None,
+                _ = ctx.close_conns.cancelled() => return Err((Outcome::Drained, DRAINED.to_string())),
                 read = Box::pin(proxy_protocol::read_header(&mut client, mode, live.options.proxy_protocol_timeout)) => read,
             };
             match read {
@@ -157,13 +205,23 @@ async fn connection(
                 Err(e) => {
                     RouteStats::add(&ctx.stats.proxy_header_errors, 1);
                     debug!(protocol = "tcp", listen = %ctx.listen, peer = %socket_peer, action = "proxy_header_error", error = %e, "no valid PROXY header");
-                    return None;
+                    return Err((Outcome::Denied, format!("PROXY header: {e}")));
                 }
             }
             if let Err((acl, reason)) = live.access.check(peer.ip()) {
                 RouteStats::add(&ctx.stats.denied, 1);
                 debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
-                return None;
+                return Err((Outcome::Denied, format!("{} ACL: {reason}", acl.as_str())));
+            }
+            if live.limits.is_set() {
+                match ctx.clients.admit(peer.ip(), &live.limits, true) {
+                    Ok(guard) => _client_guard = guard,
+                    Err(refusal) => {
+                        RouteStats::add(&ctx.stats.limited, 1);
+                        debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, action = "limit", %refusal, "over a per-client limit");
+                        return Err((Outcome::Limited, refusal.to_string()));
+                    }
+                }
             }
         }
         let info = ctx.conn_info(peer);
@@ -172,10 +230,10 @@ async fn connection(
         {
             RouteStats::add(&ctx.stats.rejected, 1);
             debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
-            return None;
+            return Err((Outcome::Denied, format!("pre-dial hook: {reason}")));
         }
         let dialled = tokio::select! {
-            _ = ctx.close_conns.cancelled() => return None,
+            _ = ctx.close_conns.cancelled() => return Err((Outcome::Drained, DRAINED.to_string())),
             dialled = Box::pin(dial::tcp(&live.targets, peer.ip(), live.options.connect_timeout)) => dialled,
         };
         // The lease counts this connection on its target (least_conn, status) until it ends.
@@ -190,7 +248,7 @@ async fn connection(
                 // A local failure (EMFILE...) is this host's, not the target's: `local` says so.
                 let local = dial::is_local(&e);
                 debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", local, error = %e, "no target answered");
-                return None;
+                return Err((Outcome::DialError, e.to_string()));
             }
         };
         // TCP_NODELAY: the client socket has it from the listener (Linux copies it on accept),
@@ -205,7 +263,8 @@ async fn connection(
         };
         if let Err(e) = Box::pin(send_first(&upstream, &live, &ctx, peer, local, &early)).await {
             debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", error = %e, "writing to the target failed");
-            return None;
+            let outcome = if ctx.close_conns.is_cancelled() { Outcome::Drained } else { Outcome::Reset };
+            return Err((outcome, e.to_string()));
         }
         if peer == socket_peer {
             debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "accept", "connected");
@@ -213,14 +272,39 @@ async fn connection(
             debug!(protocol = "tcp", listen = %ctx.listen, %peer, proxy = %socket_peer, %dst, action = "accept", "connected");
         }
 
-        Some((upstream, dst, _lease, peer))
+        Ok((upstream, dst, _lease, early.len() as u64))
     })
     .await;
-    let Some((upstream, dst, _lease, peer)) = established else { return };
-    let outcome = forward(&client, &upstream, &live, &ctx, peer).await;
-    match outcome {
+    let (upstream, dst, _lease, early) = match established {
+        Ok(established) => established,
+        Err((outcome, error)) => {
+            if let Some(log) = ctx.access_log(&live) {
+                let mut event = ctx.event(peer, outcome, Some(error));
+                event.duration = accepted.elapsed();
+                log.send(event);
+            }
+            return;
+        }
+    };
+    let bytes = [AtomicU64::new(early), AtomicU64::new(0)];
+    let outcome = forward(&client, &upstream, &live, &ctx, peer, &bytes).await;
+    match &outcome {
         Ok(()) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", "done"),
         Err(reason) => debug!(protocol = "tcp", listen = %ctx.listen, %peer, %dst, action = "close", %reason, "closed"),
+    }
+    if let Some(log) = ctx.access_log(&live) {
+        let (outcome, error) = match outcome {
+            Ok(()) => (Outcome::Closed, None),
+            Err(reason) if reason == DRAINED => (Outcome::Drained, None),
+            Err(reason) if reason == IDLE => (Outcome::IdleTimeout, None),
+            Err(reason) => (Outcome::Reset, Some(reason)),
+        };
+        let mut event = ctx.event(peer, outcome, error);
+        event.target = Some(dst);
+        event.duration = accepted.elapsed();
+        event.bytes_in = bytes[0].load(Relaxed);
+        event.bytes_out = bytes[1].load(Relaxed);
+        log.send(event);
     }
 }
 
@@ -242,10 +326,11 @@ async fn forward(
     live: &Live,
     ctx: &RouteCtx,
     peer: SocketAddr,
+    bytes: &[AtomicU64; 2],
 ) -> Result<(), String> {
     let started = Instant::now();
     let last_activity = AtomicU64::new(0);
-    let pipe = Pipe { ctx, live, peer, started, last_activity: &last_activity };
+    let pipe = Pipe { ctx, live, peer, started, last_activity: &last_activity, bytes };
     #[cfg(target_os = "linux")]
     if live.hooks.on_read.is_none() {
         let splice = super::splice::enabled();
@@ -277,14 +362,14 @@ async fn until_closed<T>(
     match live.options.tcp_idle_timeout {
         None => tokio::select! {
             r = copy => Ok(r),
-            _ = ctx.close_conns.cancelled() => Err("route removed".to_string()),
+            _ = ctx.close_conns.cancelled() => Err(DRAINED.to_string()),
         },
         Some(_) => {
             let idle = Box::pin(idle(live, started, last_activity));
             tokio::select! {
                 r = copy => Ok(r),
-                _ = ctx.close_conns.cancelled() => Err("route removed".to_string()),
-                _ = idle => Err("idle timeout".to_string()),
+                _ = ctx.close_conns.cancelled() => Err(DRAINED.to_string()),
+                _ = idle => Err(IDLE.to_string()),
             }
         }
     }
@@ -353,6 +438,8 @@ struct Pipe<'a> {
     started: Instant,
     /// Milliseconds from `started` to the last byte forwarded either way.
     last_activity: &'a AtomicU64,
+    /// This connection's bytes: client → target, target → client (for the access log).
+    bytes: &'a [AtomicU64; 2],
 }
 
 impl Pipe<'_> {
@@ -383,6 +470,7 @@ impl Pipe<'_> {
                         }
                         write_all(to, &buf[..n]).await?;
                         RouteStats::add(counter, n as u64);
+                        RouteStats::add(&self.bytes[direction as usize], n as u64);
                         self.touch();
                         // readable()/writable() do not spend the task's budget: without this a
                         // busy direction could hold the worker (and starve its sibling
@@ -404,6 +492,7 @@ impl Pipe<'_> {
             Direction::TargetToClient => &self.ctx.stats.bytes_out,
         };
         RouteStats::add(counter, n as u64);
+        RouteStats::add(&self.bytes[direction as usize], n as u64);
         self.touch();
     }
 

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use super::plan::{Action, Plan};
 use super::{ApplyReport, Entry, RouteTable, Running};
+use crate::client_limits::ClientTable;
 use crate::error::RouteError;
 use crate::forward::{self, Live, RouteCtx};
 use crate::route::{Protocol, RouteId, RouteSpec};
@@ -124,6 +125,8 @@ impl RouteTable {
         let stop_accepting = CancellationToken::new();
         let close_conns = self.root().child_token();
         let tracker = TaskTracker::new();
+        let access_log = self.access_log();
+        let clients = Arc::new(ClientTable::default());
         let make_ctx = |bound| RouteCtx {
             alias: Arc::from(spec.alias.as_str()),
             protocol: spec.protocol,
@@ -133,6 +136,8 @@ impl RouteTable {
             stop_accepting: stop_accepting.clone(),
             close_conns: close_conns.clone(),
             tracker: tracker.clone(),
+            access_log: access_log.clone(),
+            clients: clients.clone(),
         };
         let (bound, serve) = match spec.protocol {
             Protocol::Tcp => {
@@ -153,7 +158,7 @@ impl RouteTable {
         if spec.listen.port() == 0 {
             self.picked_ports.lock().unwrap_or_else(|p| p.into_inner()).remember(&spec.id(), bound.port());
         }
-        Ok(Running { bound, live, stop_accepting, close_conns, tracker, serve })
+        Ok(Running { bound, live, stop_accepting, close_conns, tracker, serve, clients })
     }
 
     /// Stops a route without waiting: the listener is told to close at once, open

@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::access_log::AccessLog;
 use crate::acl::{Acl, display_nets};
 use crate::balance::Backoff;
+use crate::client_limits::ClientTable;
 use crate::forward::Live;
 use crate::route::{RouteId, RouteSpec};
 use crate::stats::{RouteState, RouteStats, RouteStatus};
@@ -69,6 +71,8 @@ pub struct RouteTable {
     picked_ports: Mutex<PickedPorts>,
     /// How long a failed target is skipped; see [`RouteTable::with_target_backoff`].
     backoff: Backoff,
+    /// Where routes started from now on send their access-log events.
+    access_log: Mutex<Option<AccessLog>>,
 }
 
 /// Remembered OS-picked ports, bounded so route churn cannot grow it without end.
@@ -124,6 +128,8 @@ struct Running {
     tracker: TaskTracker,
     /// The listener task; it has dropped its socket when this completes.
     serve: JoinHandle<()>,
+    /// The route's per-client state.
+    clients: Arc<ClientTable>,
 }
 
 impl Default for RouteTable {
@@ -145,7 +151,29 @@ impl RouteTable {
             global_acl: Mutex::new(Arc::new(Acl::open())),
             picked_ports: Mutex::new(PickedPorts::default()),
             backoff: Backoff::default(),
+            access_log: Mutex::new(None),
         }
+    }
+
+    /// Sends an [`AccessEvent`](crate::AccessEvent) for every TCP connection and UDP session
+    /// that ends (and every client refused) to `log`, for each route whose `access_log` is
+    /// on. Routes started before this call keep what they had: set it before the first
+    /// apply.
+    pub fn set_access_log(&self, log: Option<AccessLog>) {
+        *self.access_log.lock().unwrap_or_else(|p| p.into_inner()) = log;
+    }
+
+    /// The access log's sink, if one is set.
+    pub fn access_log(&self) -> Option<AccessLog> {
+        self.access_log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many clients the per-client limits of the route `id` track now; `None` when it
+    /// is not serving. For tests of the table's bound.
+    #[doc(hidden)]
+    pub fn tracked_clients(&self, id: &RouteId) -> Option<usize> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(id)?.running.as_ref().map(|r| r.clients.len())
     }
 
     /// The same table with another passive-health backoff: a target that fails is skipped

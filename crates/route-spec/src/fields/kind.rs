@@ -411,3 +411,57 @@ mod tests {
         assert!(Hosts.parse("db\u{1b}[31m").is_err());
     }
 }
+
+/// A rate such as `10/s`, `100/m` or `5/h`, or `off`: `None`.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionalRate;
+
+impl Kind for OptionalRate {
+    type Value = Option<crate::Rate>;
+
+    fn parse(&self, text: &str) -> Result<Option<crate::Rate>, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" => Ok(None),
+            _ => text.parse().map(Some).map_err(|_| {
+                "expected COUNT/UNIT with COUNT at least 1 and UNIT s, m or h (10/s, 100/m), or off".to_string()
+            }),
+        }
+    }
+
+    fn show(&self, value: &Option<crate::Rate>) -> String {
+        value.map_or_else(|| "off".to_string(), |rate| rate.to_string())
+    }
+
+    fn check(&self, name: &str, value: &Option<crate::Rate>) -> Result<(), String> {
+        match value {
+            Some(rate) if rate.count == 0 || rate.per.is_zero() => {
+                Err(format!("{name} must allow at least 1 per unit"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An IPv6 prefix length, 1 to 128 (`64` or `/64`).
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixLen;
+
+impl Kind for PrefixLen {
+    type Value = u8;
+
+    fn parse(&self, text: &str) -> Result<u8, String> {
+        let text = text.trim();
+        match text.strip_prefix('/').unwrap_or(text).parse::<u8>() {
+            Ok(n) if (1..=128).contains(&n) => Ok(n),
+            _ => Err("expected an IPv6 prefix length from 1 to 128".into()),
+        }
+    }
+
+    fn show(&self, value: &u8) -> String {
+        value.to_string()
+    }
+
+    fn check(&self, name: &str, value: &u8) -> Result<(), String> {
+        if (1..=128).contains(value) { Ok(()) } else { Err(format!("{name} must be from 1 to 128")) }
+    }
+}

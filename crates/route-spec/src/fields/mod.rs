@@ -18,7 +18,7 @@ use std::fmt;
 
 pub use crate::text::{Clipped, Escaped, FieldError, check_printable, did_you_mean, is_forbidden};
 pub use kind::parse_bool;
-use kind::{Count, Kind, Networks, OptionalSpan, Span, Switch, Word};
+use kind::{Bool, Count, Kind, Networks, OptionalRate, OptionalSpan, PrefixLen, Span, Switch, Word};
 pub use port::{PortSpec, SchemeSpec};
 
 use crate::HealthCheck;
@@ -222,6 +222,35 @@ pub static FIELDS: &[Field] = &[
             `accept_proxy_protocol`. The client it names is what the ACL, logs and any header sent on use"
     ),
     option!(proxy_protocol_timeout, Span::POSITIVE, "how long a trusted peer has to send its whole PROXY header"),
+    option!(
+        access_log,
+        Bool,
+        "`false` leaves this route's connections and sessions out of the access log (`dockward run --access-log`)"
+    ),
+    option!(
+        max_connections_per_ip,
+        Count { min: 0 },
+        note = "0 (unlimited)",
+        "TCP connections one client may have open at once; over it, the client is closed at accept, before any \
+            dial, and counted as `limited`"
+    ),
+    option!(
+        rate_limit,
+        OptionalRate,
+        "new TCP connections or UDP sessions per client (`10/s`, `100/m`, `5/h`); over it a TCP client is closed \
+            at accept and a UDP datagram dropped without a session, counted as `limited`"
+    ),
+    option!(
+        rate_limit_burst,
+        Count { min: 0 },
+        note = "the rate's count",
+        "how many new connections or sessions a client may open at once before `rate_limit` applies"
+    ),
+    option!(
+        client_ipv6_prefix,
+        PrefixLen,
+        "IPv6 clients in one network of this prefix length count as one client for the per-client limits"
+    ),
 ];
 
 impl Field {

@@ -35,6 +35,7 @@ use super::sessions::{Sessions, State};
 use super::slab::Key;
 use super::tuning::{PENDING_MAX_BYTES, PENDING_MAX_DATAGRAMS, REPLY_BURST};
 use super::upstream::{send_failed, send_upstream};
+use crate::access_log::Outcome;
 use crate::forward::epoll::Events;
 use crate::forward::mmsg::{self, BATCH, RecvBatch};
 use crate::hooks::Direction;
@@ -102,6 +103,7 @@ impl Sessions {
                     let bytes: usize = (next..next + sent).map(|i| batch.data(i).len()).sum();
                     RouteStats::add(&stats.bytes_in, bytes as u64);
                     RouteStats::add(&stats.datagrams_in, sent as u64);
+                    session.tally.client(sent, bytes);
                     next += sent;
                 }
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
@@ -114,6 +116,7 @@ impl Sessions {
                     // The send buffer is full: wait for it, one datagram at a time, in order.
                     for i in next..run.end {
                         send_upstream(&self.ctx, &self.oversize, socket, live, peer, batch.data(i)).await;
+                        session.tally.client(1, batch.data(i).len());
                     }
                     break;
                 }
@@ -132,6 +135,7 @@ impl Sessions {
             match &mut session.state {
                 State::Open { socket, .. } => {
                     send_upstream(&self.ctx, &self.oversize, socket, &session.live, peer, data).await;
+                    session.tally.client(1, data.len());
                 }
                 State::Dialling { queue, .. } => {
                     if queue.len() < PENDING_MAX_DATAGRAMS && self.pending_bytes + data.len() <= PENDING_MAX_BYTES {
@@ -191,6 +195,8 @@ impl Sessions {
                             }
                         }
                         batch.set_peers(filled..filled + received, session.peer);
+                        let bytes = (filled..filled + received).map(|j| batch.data(j).len()).sum();
+                        session.tally.target(received, bytes);
                         filled += received;
                         taken += received.max(1);
                     }
@@ -207,7 +213,10 @@ impl Sessions {
                     }
                     Err(e) => {
                         debug!(protocol = "udp", listen = %self.ctx.listen, peer = %session.peer, dst = %dst, action = "session_close", error = %e, "reading the target failed; session closed");
-                        self.remove(key);
+                        let (dst, error) = (Some(*dst), Some(e.to_string()));
+                        if let Some(session) = self.remove(key) {
+                            self.log_end(&session, dst, Outcome::Reset, error);
+                        }
                         break;
                     }
                 }

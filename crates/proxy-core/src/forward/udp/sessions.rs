@@ -47,6 +47,7 @@ use super::lru::{Clock, Lru};
 use super::slab::{Key, Peer, Table};
 use super::tuning::{LRU_SLACK, OVERSIZE_LOG_PERIOD, PENDING_MAX_BYTES, PENDING_MAX_DATAGRAMS, UPSTREAM_RCVBUF};
 use super::upstream::send_upstream;
+use crate::access_log::Outcome;
 use crate::balance::Lease;
 use crate::error::DialError;
 use crate::fd_budget::{CapRegistration, FdBudget, FdPermit, Throttle};
@@ -79,6 +80,43 @@ pub(super) struct Session {
     /// The session's descriptor in the process's budget, returned as the session (and its
     /// socket) is dropped.
     pub(super) _permit: FdPermit,
+    /// When the session opened, on the route's [`Clock`].
+    pub(super) opened: u64,
+    /// What it carried, for the access log.
+    pub(super) tally: Tally,
+}
+
+/// What one session carried: bytes and datagrams, client → target and target → client.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) datagrams_in: u64,
+    pub(super) datagrams_out: u64,
+}
+
+impl Tally {
+    /// Counts `datagrams` datagrams of `bytes` bytes from the client.
+    pub(super) fn client(&mut self, datagrams: usize, bytes: usize) {
+        self.datagrams_in += datagrams as u64;
+        self.bytes_in += bytes as u64;
+    }
+
+    /// Counts `datagrams` datagrams of `bytes` bytes from the target.
+    pub(super) fn target(&mut self, datagrams: usize, bytes: usize) {
+        self.datagrams_out += datagrams as u64;
+        self.bytes_out += bytes as u64;
+    }
+}
+
+impl Session {
+    /// The target, once the session is open.
+    pub(super) fn dst(&self) -> Option<SocketAddr> {
+        match &self.state {
+            State::Open { dst, .. } => Some(*dst),
+            State::Dialling { .. } => None,
+        }
+    }
 }
 
 impl Peer for Session {
@@ -191,6 +229,16 @@ impl Sessions {
             RouteStats::add(&ctx.stats.dropped, 1);
             // Per datagram, like a hook refusal: trace.
             trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "deny", acl = acl.as_str(), %reason, "refused by ACL");
+            ctx.log_refused(&live, peer, Outcome::Denied, || format!("{} ACL: {reason}", acl.as_str()));
+            return;
+        }
+        if live.limits.is_set()
+            && let Err(refusal) = ctx.clients.admit(peer.ip(), &live.limits, false)
+        {
+            RouteStats::add(&ctx.stats.limited, 1);
+            RouteStats::add(&ctx.stats.dropped, 1);
+            trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "limit", %refusal, "over a per-client limit");
+            ctx.log_refused(&live, peer, Outcome::Limited, || refusal.to_string());
             return;
         }
         if let Some(hook) = &live.hooks.pre_dial
@@ -200,6 +248,7 @@ impl Sessions {
             RouteStats::add(&ctx.stats.dropped, 1);
             // A refused client has no session to remember it by, so this is per datagram: trace.
             trace!(protocol = "udp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
+            ctx.log_refused(&live, peer, Outcome::Denied, || format!("pre-dial hook: {reason}"));
             return;
         }
         let max = live.options.max_udp_sessions;
@@ -217,20 +266,24 @@ impl Sessions {
             let (socket, dst, lease) = match dial::udp(&live.targets, peer.ip()).await {
                 Ok(dialled) => dialled,
                 Err(e) => {
+                    self.ctx.log_refused(&live, peer, Outcome::DialError, || e.to_string());
                     self.dial_failed(peer, &e, 1);
                     return;
                 }
             };
             let state = State::Dialling { queue: VecDeque::new(), task: None };
-            let Some(key) = self.insert(Session { peer, last: now, live, state, _permit: permit }) else {
+            let session =
+                Session { peer, last: now, live, state, _permit: permit, opened: now, tally: Tally::default() };
+            let Some(key) = self.insert(session) else {
                 RouteStats::add(&self.ctx.stats.dropped, 1);
                 return;
             };
             if self.go_open(key, socket, dst, lease, 1).is_some()
-                && let Some(session) = self.table.get(key)
+                && let Some(session) = self.table.get_mut(key)
                 && let State::Open { socket, .. } = &session.state
             {
                 send_upstream(&self.ctx, &self.oversize, socket, &session.live, peer, data).await;
+                session.tally.client(1, data.len());
             }
         } else {
             let mut queue = VecDeque::with_capacity(PENDING_MAX_DATAGRAMS);
@@ -241,7 +294,15 @@ impl Sessions {
                 RouteStats::add(&self.ctx.stats.dropped, 1);
             }
             let state = State::Dialling { queue, task: None };
-            let session = Session { peer, last: now, live: live.clone(), state, _permit: permit };
+            let session = Session {
+                peer,
+                last: now,
+                live: live.clone(),
+                state,
+                _permit: permit,
+                opened: now,
+                tally: Tally::default(),
+            };
             let Some(key) = self.insert(session) else { return };
             let lookup = setup(live, self.ctx.close_conns.clone(), self.events.clone(), key, peer.ip());
             let handle = self.ctx.tracker.spawn(lookup).abort_handle();
@@ -313,7 +374,9 @@ impl Sessions {
         if let Err(source) = watched {
             // Out of descriptors or memory: as if the socket could not be made.
             let e = DialError::Connect { target: lease.member().target().clone(), addr: dst, source };
-            self.remove(key);
+            if let Some(session) = self.remove(key) {
+                self.log_end(&session, None, Outcome::DialError, Some(e.to_string()));
+            }
             self.dial_failed(peer, &e, lost);
             return None;
         }
@@ -340,16 +403,19 @@ impl Sessions {
         match result {
             Ok((socket, dst, lease)) => {
                 let Some(queue) = self.go_open(key, socket, dst, lease, 0) else { return };
-                let Some(session) = self.table.get(key) else { return };
+                let Some(session) = self.table.get_mut(key) else { return };
                 let State::Open { socket, .. } = &session.state else { return };
                 for datagram in queue {
                     self.pending_bytes = self.pending_bytes.saturating_sub(datagram.len());
                     send_upstream(&self.ctx, &self.oversize, socket, &session.live, peer, &datagram).await;
+                    session.tally.client(1, datagram.len());
                 }
             }
             Err(e) => {
                 // `remove` counts the queued datagrams as dropped.
-                self.remove(key);
+                if let Some(session) = self.remove(key) {
+                    self.log_end(&session, None, Outcome::DialError, Some(e.to_string()));
+                }
                 self.dial_failed(peer, &e, 0);
             }
         }
@@ -384,11 +450,9 @@ impl Sessions {
                 continue;
             }
             if let Some(session) = self.remove(key) {
-                let dst = match &session.state {
-                    State::Open { dst, .. } => Some(*dst),
-                    State::Dialling { .. } => None,
-                };
+                let dst = session.dst();
                 debug!(protocol = "udp", listen = %self.ctx.listen, peer = %session.peer, dst = ?dst, action = "session_close", reason = "idle", "session closed");
+                self.log_end(&session, dst, Outcome::IdleTimeout, None);
             }
         }
     }
@@ -414,11 +478,9 @@ impl Sessions {
             }
             if let Some(session) = self.remove(key) {
                 RouteStats::add(&self.ctx.stats.evicted, 1);
-                let dst = match &session.state {
-                    State::Open { dst, .. } => Some(*dst),
-                    State::Dialling { .. } => None,
-                };
+                let dst = session.dst();
                 debug!(protocol = "udp", listen = %self.ctx.listen, peer = %session.peer, dst = ?dst, action = "evict", max_udp_sessions = max, "least recently used session evicted");
+                self.log_end(&session, dst, Outcome::Evicted, Some(format!("max_udp_sessions {max} reached")));
             }
         }
     }
@@ -468,6 +530,18 @@ impl Sessions {
         }
     }
 
+    /// Sends the access-log line of `session`, which ended with `outcome`.
+    pub(super) fn log_end(&self, session: &Session, dst: Option<SocketAddr>, outcome: Outcome, error: Option<String>) {
+        let Some(log) = self.ctx.access_log(&session.live) else { return };
+        let mut event = self.ctx.event(session.peer, outcome, error);
+        event.target = dst;
+        event.duration = std::time::Duration::from_nanos(self.clock.now().saturating_sub(session.opened));
+        let Tally { bytes_in, bytes_out, datagrams_in, datagrams_out } = session.tally;
+        (event.bytes_in, event.bytes_out, event.datagrams_in, event.datagrams_out) =
+            (bytes_in, bytes_out, datagrams_in, datagrams_out);
+        log.send(event);
+    }
+
     /// Rebuilds the recency heaps from the table, dropping stale entries; O(n).
     pub(super) fn rebuild_lru(&mut self) {
         self.lru.clear();
@@ -481,6 +555,7 @@ impl Sessions {
         let sessions: Vec<Session> = self.table.take_all().collect();
         for session in &sessions {
             self.release(session);
+            self.log_end(session, session.dst(), Outcome::Drained, None);
         }
         drop(sessions);
         self.lru.clear();
