@@ -235,6 +235,7 @@ mod tests {
                 ("proxy.aliases", "web,db"),
                 ("proxy.web.port", "8080:80"),
                 ("proxy.db.port", "5432"),
+                ("proxy.db.scheme", "tcp"),
                 ("proxy.db.host", "db.lan"),
             ],
             &[(80, Protocol::Tcp, "127.0.0.1", 8080)],
@@ -256,7 +257,7 @@ mod tests {
         let f = facts(
             "bridge",
             &[("backend", "10.1.0.4")],
-            &[("proxy.web.port", "80"), ("proxy.network", "backend")],
+            &[("proxy.web.port", "80"), ("proxy.web.scheme", "tcp"), ("proxy.network", "backend")],
             &[(80, Protocol::Tcp, "", 8081)],
         );
         let r = container_routes(&f, &EngineSite::Remote(NAS.into()), &[]);

@@ -477,7 +477,9 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
                     None => debug!(label = %key, "label ignored: GoDoxy health check setting dockward has no use for"),
                 }
             }
-            _ if GODOXY_ONLY_FIELDS.contains(&head) && !fields::is_field(head) => {
+            // A GoDoxy field dockward lacks, or one dockward shares the name of but GoDoxy
+            // gives sub-fields (`access_log.path`: its HTTP request log), is GoDoxy's alone.
+            _ if GODOXY_ONLY_FIELDS.contains(&head) && (!fields::is_field(head) || field != head) => {
                 debug!(label = %key, "label ignored: GoDoxy field with no meaning for dockward")
             }
             "port" if field == "port" => {
