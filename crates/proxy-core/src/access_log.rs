@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use crate::route::Protocol;
+use route_spec::Protocol;
 
 /// How a connection or session ended, or why it never started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

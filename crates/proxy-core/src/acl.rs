@@ -20,7 +20,6 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-pub(crate) use route_spec::nets::display_nets;
 
 /// A set of networks compiled for matching: `(network, mask)` pairs per family, IPv4-mapped
 /// IPv6 networks folded into IPv4, overlapping networks merged.
@@ -186,8 +185,8 @@ impl Eq for Acl {}
 impl fmt::Debug for Acl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acl")
-            .field("allow", &display_nets(&self.allow))
-            .field("deny", &display_nets(&self.deny))
+            .field("allow", &route_spec::nets::display_nets(&self.allow))
+            .field("deny", &route_spec::nets::display_nets(&self.deny))
             .finish()
     }
 }

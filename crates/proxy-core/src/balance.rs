@@ -49,10 +49,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub(crate) use route_spec::{Balance, HealthCheck};
+use route_spec::Balance;
 
-use crate::route::{Protocol, Target};
 use crate::stats::TargetStatus;
+use route_spec::{Protocol, Target};
 
 /// First backoff of a target marked down; doubled with each failure in a row.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -369,6 +369,8 @@ fn rendezvous(client: IpAddr, target: &Target) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use route_spec::HealthCheck;
+
     use std::collections::HashMap;
 
     use super::*;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-use crate::route::Target;
+use route_spec::Target;
 
 /// A route that cannot be built or run.
 #[derive(Debug, Error)]

@@ -35,16 +35,6 @@ pub mod proxy_protocol;
 mod stats;
 mod table;
 
-/// The route values, from route-spec, under the paths this crate's modules name them by.
-mod route {
-    pub(crate) use route_spec::{Family, Protocol, RouteId, RouteOptions, RouteSpec, Target};
-}
-
-/// The hook types, from route-spec (a [`RouteSpec`] holds its hooks; this crate calls them).
-mod hooks {
-    pub(crate) use route_spec::{ConnInfo, Direction, Hooks};
-}
-
 pub use access_log::{AccessEvent, AccessLog, Outcome};
 pub use acl::Acl;
 pub use client_limits::ClientLimits;

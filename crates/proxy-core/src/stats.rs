@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::route::{RouteId, RouteSpec, Target};
+use route_spec::{RouteId, RouteSpec, Target};
 
 /// Declares the counters once: each becomes an atomic field of [`RouteStats`], a field of
 /// [`StatsSnapshot`] (0 when missing from its JSON) and a line of [`RouteStats::snapshot`].

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::route::Family;
+use route_spec::Family;
 
 /// Listen backlog asked of the OS (capped by `net.core.somaxconn`): a burst of clients
 /// queues instead of being refused while the accept loop catches up.

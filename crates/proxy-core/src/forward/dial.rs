@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::balance::{Lease, TargetSet, Try};
 use crate::error::DialError;
-use crate::route::Target;
+use route_spec::Target;
 
 /// Targets as written, for the `dst` log field: `db:5432,10.0.0.2:5432`.
 pub(crate) fn display_targets(targets: &[Target]) -> String {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::balance::{HealthCheck, Member, TargetSet};
+use route_spec::HealthCheck;
+
+use crate::balance::{Member, TargetSet};
 use crate::error::DialError;
 
 use super::{RouteCtx, dial};

@@ -28,9 +28,9 @@ use crate::access_log::{AccessEvent, AccessLog, Outcome};
 use crate::acl::{Access, Acl, NetSet};
 use crate::balance::{Backoff, TargetSet};
 use crate::client_limits::{ClientLimits, ClientTable};
-use crate::hooks::{ConnInfo, Hooks};
-use crate::route::{Protocol, RouteOptions, RouteSpec};
 use crate::stats::RouteStats;
+use route_spec::{ConnInfo, Hooks};
+use route_spec::{Protocol, RouteOptions, RouteSpec};
 
 /// The part of a route that may change without rebinding.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::hooks::Direction;
+use route_spec::Direction;
 
 /// How many bytes one splice call may move: the default pipe capacity (16 pages).
 const CHUNK: usize = 64 * 1024;

@@ -21,9 +21,9 @@ use tracing::{debug, error};
 use super::{Live, RouteCtx, dial};
 use crate::access_log::Outcome;
 use crate::client_limits::ClientGuard;
-use crate::hooks::Direction;
 use crate::proxy_protocol::{self, Accept, Transport};
 use crate::stats::RouteStats;
+use route_spec::Direction;
 
 /// Size of the buffer a direction borrows while bytes are ready; released when the
 /// socket has nothing more to read, so an idle connection holds none.

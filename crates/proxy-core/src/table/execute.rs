@@ -21,8 +21,8 @@ use super::{ApplyReport, Entry, RouteTable, Running};
 use crate::client_limits::ClientTable;
 use crate::error::RouteError;
 use crate::forward::{self, Live, RouteCtx};
-use crate::route::{Protocol, RouteId, RouteSpec};
 use crate::stats::{RouteState, RouteStats};
+use route_spec::{Protocol, RouteId, RouteSpec};
 
 impl RouteTable {
     /// Stops and forgets the routes `gone`. Returns the listener tasks to await: once they

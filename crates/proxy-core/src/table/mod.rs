@@ -22,12 +22,13 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::access_log::AccessLog;
-use crate::acl::{Acl, display_nets};
+use crate::acl::Acl;
 use crate::balance::Backoff;
 use crate::client_limits::ClientTable;
 use crate::forward::Live;
-use crate::route::{RouteId, RouteSpec};
 use crate::stats::{RouteState, RouteStats, RouteStatus};
+use route_spec::nets::display_nets;
+use route_spec::{RouteId, RouteSpec};
 
 /// What one `apply` changed, by route id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,7 +11,7 @@ pub mod clash;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use self::clash::{ClashIndex, Listen};
-use crate::route::{RouteId, RouteSpec};
+use route_spec::{RouteId, RouteSpec};
 
 /// A route in the table, as the plan sees it.
 #[derive(Debug, Clone, Copy)]
@@ -223,7 +223,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::route::{Protocol, RouteOptions, Target};
+    use route_spec::{Protocol, RouteOptions, Target};
 
     fn replica(source: &str, listen: &str, host: &str) -> RouteSpec {
         RouteSpec::new("app", Protocol::Tcp, listen.parse().unwrap(), vec![Target::new(host, 80)]).with_source(source)
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn an_invalid_route_claims_nothing_and_is_listed_with_its_message() {
         let mut invalid = route("invalid", "127.0.0.1:80");
-        invalid.family = crate::route::Family::V6;
+        invalid.family = route_spec::Family::V6;
         let next = route("next", "0.0.0.0:80");
         let plan = Rows::of(&[]).plan(&[&invalid, &next]);
         let starts = starts(plan);

@@ -38,8 +38,8 @@ use super::upstream::{send_failed, send_upstream};
 use crate::access_log::Outcome;
 use crate::forward::epoll::Events;
 use crate::forward::mmsg::{self, BATCH, RecvBatch};
-use crate::hooks::Direction;
 use crate::stats::RouteStats;
+use route_spec::Direction;
 
 /// Errors on a connected upstream socket that report an ICMP message about an earlier
 /// datagram (the target's port was closed, say). They are consumed by the read that

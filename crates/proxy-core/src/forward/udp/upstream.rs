@@ -14,8 +14,8 @@ use tracing::{trace, warn};
 use crate::fd_budget::Throttle;
 use crate::forward::epoll;
 use crate::forward::{Live, RouteCtx};
-use crate::hooks::Direction;
 use crate::stats::RouteStats;
+use route_spec::Direction;
 
 /// The largest UDP payload over IPv4: 65,535 less the IP and UDP headers.
 pub(super) const MAX_PAYLOAD_V4: usize = 65_507;

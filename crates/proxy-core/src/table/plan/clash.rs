@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::route::{Family, Protocol, RouteId, RouteSpec};
+use route_spec::{Family, Protocol, RouteId, RouteSpec};
 
 /// Where a route listens, as far as clashes go: its protocol, requested address and family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +210,7 @@ impl<K: PartialEq> ClashIndex<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Target;
+    use route_spec::Target;
 
     /// The rule as a plain pairwise comparison, which the index must agree with.
     fn clash(a: Listen, b: Listen) -> bool {
