@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use route_spec::fields;
 use tracing::debug;
 
-use super::keys::LABEL_PREFIX;
+use super::keys::{IGNORED_CONTAINER_LABELS, LABEL_PREFIX};
 use super::model::{ContainerRoutes, LabelError, SkippedAlias, Subject, has_proxy_labels};
 
 /// Runs `parse` (the label grammar) with GoDoxy's conventions: the labels go through
@@ -123,23 +123,11 @@ const GODOXY_SPECIAL_FIELDS: &[&str] = &["healthcheck", "agent", "tls_terminatio
 /// alias of `disable`.
 const HEALTHCHECK_FIELDS: &[&str] = &["disable", "disabled", "use_get", "path", "interval", "timeout", "retries"];
 
-/// `proxy.<name>` labels that are the container's, not an alias's.
-const CONTAINER_WIDE: &[&str] = &[
-    "aliases",
-    "exclude",
-    "network",
-    "swarm_target",
-    "depends_on",
-    "idle_notify",
-    "idle_notify_to",
-    "idle_timeout",
-    "no_loading_page",
-    "start_endpoint",
-    "stop_method",
-    "stop_signal",
-    "stop_timeout",
-    "wake_timeout",
-];
+/// `proxy.<name>` labels that are the container's, not an alias's: dockward's own and
+/// GoDoxy's idle-watcher ones ([`IGNORED_CONTAINER_LABELS`]).
+fn container_wide(name: &str) -> bool {
+    ["aliases", "exclude", "network", "swarm_target"].contains(&name) || IGNORED_CONTAINER_LABELS.contains(&name)
+}
 
 /// The label map rewritten into dockward's grammar, and what to do with the parse result.
 #[derive(Debug, Default)]
@@ -233,7 +221,7 @@ fn split_key(rest: &str, listed: &[String]) -> Option<(Sel, String)> {
 /// The selector part of `rest` when it has no field: `app`, `*`, `#1`.
 fn is_bare_selector(rest: &str, listed: &[String]) -> bool {
     !rest.is_empty()
-        && !CONTAINER_WIDE.contains(&rest)
+        && !container_wide(rest)
         && !SHORTCUTS.iter().any(|(s, _)| *s == rest)
         && !fields::is_field(rest)
         && (!rest.contains('.') || listed.iter().any(|a| a == rest))
@@ -335,7 +323,7 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
             pre.labels.insert(format!("{LABEL_PREFIX}aliases"), value.to_ascii_lowercase());
             continue;
         }
-        if CONTAINER_WIDE.contains(&rest.as_str()) {
+        if container_wide(&rest) {
             pre.labels.insert(format!("{LABEL_PREFIX}{rest}"), value.clone());
             continue;
         }
@@ -502,7 +490,7 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
     let (mut any_scheme, mut any_port) = (None, None);
     for (key, value) in &pre.labels {
         let Some(rest) = key.strip_prefix(LABEL_PREFIX) else { continue };
-        if CONTAINER_WIDE.contains(&rest) {
+        if container_wide(rest) {
             continue;
         }
         let Some((sel, field)) = split_key(rest, &listed) else { continue };
@@ -523,7 +511,7 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
     }
     for (key, _) in pre.labels.iter() {
         if let Some(rest) = key.strip_prefix(LABEL_PREFIX)
-            && !CONTAINER_WIDE.contains(&rest)
+            && !container_wide(rest)
             && let Some((Sel::One(a), _)) = split_key(rest, &listed)
             && !aliases.contains(&a)
         {
