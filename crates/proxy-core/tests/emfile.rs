@@ -4,13 +4,12 @@
 //!
 //! Each scenario lowers the process's RLIMIT_NOFILE and uses up every descriptor, which would
 //! starve any other test running beside it, so it runs in a child process: this test binary
-//! re-executed with [`CHILD_ENV`] set to the test's name and a filter selecting that test.
+//! re-executed by `common::child::in_child` with a filter selecting that test.
 #![cfg(target_os = "linux")]
 
 mod common;
 
 use std::fs::File;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Set in the child process to the test's name: run its scenario instead of spawning a child.
-const CHILD_ENV: &str = "PROXY_CORE_EMFILE_CHILD";
 /// Clients waiting in the listen queue while descriptors are exhausted.
 const CLIENTS: usize = 3;
 /// How long CPU time and retries are measured while `accept` keeps failing.
@@ -78,31 +76,37 @@ fn a_reader_stalled_mid_transfer_holds_one_pipe_per_direction_until_it_reads() {
     );
 }
 
-/// Runs `scenario` in a child process (this binary re-executed, selecting test `name`); in
-/// the child, runs it with the log captured at `filter`.
+/// Runs `scenario` in a child process (this binary re-executed, selecting test `name`, by
+/// [`child::in_child`]); in the child, runs it with the log captured at `filter`.
 fn in_child<F: Future<Output = ()>>(name: &str, filter: &str, scenario: impl FnOnce(Log) -> F) {
-    if std::env::var_os(CHILD_ENV).is_some_and(|v| v == name) {
-        let log = Log::default();
-        tracing_subscriber::fmt().with_writer(log.clone()).with_ansi(false).with_env_filter(filter).init();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        runtime.block_on(async {
-            match tokio::time::timeout(DEADLINE * 3, scenario(log)).await {
-                Ok(()) => {}
-                Err(_) => panic!("the scenario did not finish within {:?}", DEADLINE * 3),
-            }
-        });
+    if !child::in_child(name) {
         return;
     }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let out = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .output()
-        .expect("run the child process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the child failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
-    assert!(stdout.contains("1 passed"), "the child did not run the scenario:\n{stdout}");
+    let log = Log::default();
+    tracing_subscriber::fmt().with_writer(log.clone()).with_ansi(false).with_env_filter(filter).init();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        match tokio::time::timeout(DEADLINE * 3, scenario(log)).await {
+            Ok(()) => {}
+            Err(_) => panic!("the scenario did not finish within {:?}", DEADLINE * 3),
+        }
+    });
+}
+
+/// Sets the limit just above the highest open descriptor and fills every free slot with
+/// `/dev/null`; the files hold the slots until dropped.
+fn fill_descriptor_table() -> Vec<File> {
+    set_nofile_limit(highest_fd() + 32);
+    let mut filler = Vec::new();
+    loop {
+        match File::open("/dev/null") {
+            Ok(f) => filler.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => panic!("filling the descriptor table: {e}"),
+        }
+    }
+    assert!(!filler.is_empty(), "no descriptor was free to fill");
+    filler
 }
 
 /// A client accepted with the last free descriptor: the dial's socket fails with EMFILE. That
@@ -115,17 +119,8 @@ async fn dial_scenario(log: Log) {
     let client = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a client socket");
 
     // Every descriptor but one in use: the proxy's accept takes it, its dial finds none.
-    let highest = highest_fd();
-    set_nofile_limit(highest + 32);
-    let mut filler = Vec::new();
-    loop {
-        match File::open("/dev/null") {
-            Ok(f) => filler.push(f),
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
-            Err(e) => panic!("filling the descriptor table: {e}"),
-        }
-    }
-    assert!(filler.pop().is_some(), "no descriptor was free to fill");
+    let mut filler = fill_descriptor_table();
+    filler.pop();
 
     client.connect(&addr.into()).expect("the kernel queues the connection");
     eventually("the dial fails", || status_of(&table, "emfile-dial").stats.dial_errors == 1).await;
@@ -164,17 +159,7 @@ async fn accept_scenario(log: Log) {
         (0..CLIENTS).map(|_| Socket::new(Domain::IPV4, Type::STREAM, None).expect("a client socket")).collect();
 
     // A limit just above the highest open descriptor, then every free slot filled.
-    let highest = highest_fd();
-    set_nofile_limit(highest + 32);
-    let mut filler = Vec::new();
-    loop {
-        match File::open("/dev/null") {
-            Ok(f) => filler.push(f),
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
-            Err(e) => panic!("filling the descriptor table: {e}"),
-        }
-    }
-    assert!(!filler.is_empty(), "no descriptor was free to fill");
+    let filler = fill_descriptor_table();
 
     for client in &clients {
         client.connect(&addr.into()).expect("the kernel queues the connection");
