@@ -50,6 +50,10 @@ pub struct DockerConfig {
     /// Where the engine runs. [`EngineSite::Remote`]: its containers are reached on that
     /// machine's address (host network, published ports), not on their own. Default: local.
     pub site: EngineSite,
+    /// Write access for idle sleep: start, stop, pause, unpause and kill containers labelled
+    /// `proxy.idle_timeout` (and their `depends_on`). Off (the default): dockward only reads
+    /// the engine, and idle labels are an error row naming `--allow-container-control`.
+    pub container_control: bool,
 }
 
 impl Default for DockerConfig {
@@ -64,6 +68,7 @@ impl Default for DockerConfig {
             inspect_concurrency: 16,
             label_filters: Vec::new(),
             site: EngineSite::Local,
+            container_control: false,
         }
     }
 }

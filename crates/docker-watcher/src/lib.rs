@@ -27,6 +27,7 @@
 mod config;
 mod error;
 mod events;
+pub mod idle;
 mod io;
 pub mod labels;
 mod memory;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::idle::{Sleepers, asleep_routes};
 use crate::labels::{ContainerRoutes, has_proxy_labels};
 use crate::snapshot::DockerSnapshot;
 use crate::swarm::{SWARM_SERVICE_ID_LABEL, ServiceView, parse_service_labels};
@@ -22,11 +23,19 @@ pub(crate) struct State {
     pub(crate) own_networks: Vec<String>,
     /// Where the engine runs: how containers that their own address cannot serve are reached.
     pub(crate) site: EngineSite,
+    /// Idle sleep's containers, by id.
+    pub(crate) sleepers: Sleepers,
 }
 
 impl State {
     pub(crate) fn new(tx: watch::Sender<Arc<DockerSnapshot>>) -> Self {
-        State { tx, snap: DockerSnapshot::default(), own_networks: Vec::new(), site: EngineSite::Local }
+        State {
+            tx,
+            snap: DockerSnapshot::default(),
+            own_networks: Vec::new(),
+            site: EngineSite::Local,
+            sleepers: Sleepers::new(None),
+        }
     }
 
     pub(crate) fn publish(&mut self) {
@@ -45,14 +54,23 @@ impl State {
     /// The routes a container asks for, or `None` when it contributes nothing.
     pub(crate) fn routes_of(&self, facts: &ContainerFacts) -> Option<ContainerRoutes> {
         let view = &facts.view;
-        if !view.state.is_running() || !view.has_proxy_labels() {
+        if !view.has_proxy_labels() {
             return None;
         }
         // A swarm task's container: its service's labels make the routes, not its own.
         if self.snap.swarm && view.labels.contains_key(SWARM_SERVICE_ID_LABEL) {
             return None;
         }
-        Some(container_routes(facts, &self.site, &self.own_networks))
+        let mut routes = if view.state.is_running() {
+            container_routes(facts, &self.site, &self.own_networks)
+        } else if self.sleepers.keeps_asleep(facts) {
+            // Idle sleep: a stopped or paused container's ports stay bound, to wake it.
+            asleep_routes(facts, &self.site, &self.own_networks)
+        } else {
+            return None;
+        };
+        self.sleepers.attach(facts, &mut routes);
+        Some(routes)
     }
 
     /// The routes a service asks for, or `None` when it carries no `proxy.*` label.
@@ -65,6 +83,9 @@ impl State {
 
     /// Sets one container's entry; returns whether anything changed.
     pub(crate) fn set(&mut self, id: &str, entry: Option<ContainerRoutes>, why: &str) -> bool {
+        if entry.is_none() {
+            self.sleepers.forget(id);
+        }
         set_entry(&mut self.snap.containers, Kind::Container, id, entry, why)
     }
 
@@ -77,6 +98,7 @@ impl State {
     pub(crate) fn reconcile(&mut self, containers: Vec<ContainerFacts>) -> bool {
         let fresh: BTreeMap<String, ContainerRoutes> =
             containers.iter().filter_map(|c| Some((c.view.id.clone(), self.routes_of(c)?))).collect();
+        self.sleepers.retain(&|id| fresh.contains_key(id));
         reconcile_entries(&mut self.snap.containers, Kind::Container, fresh, "not running")
     }
 

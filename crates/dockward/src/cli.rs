@@ -124,6 +124,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "KEY[=VALUE],...", env = "DOCKWARD_DOCKER_LABEL_FILTER", value_delimiter = ',',
           value_parser = parse_label_filter)]
     pub docker_label_filter: Vec<String>,
+    /// Let dockward start, stop, pause, unpause and kill containers: idle sleep
+    /// (`proxy.idle_timeout`) needs it. Without it dockward only reads the Docker API, and
+    /// idle labels are an error row naming this flag.
+    #[arg(long, env = "DOCKWARD_ALLOW_CONTAINER_CONTROL")]
+    pub allow_container_control: bool,
     /// Global ACL: clients every route lets in, besides its own `allow`. IPs and CIDR
     /// networks, comma-separated or with the flag repeated; once set, every other client of
     /// every route is refused. `deny` wins over it.

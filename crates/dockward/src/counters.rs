@@ -123,6 +123,30 @@ pub const COUNTERS: &[Counter] = &[
         column: None,
         read: |s| s.limited,
     },
+    Counter {
+        key: "held",
+        metric: "route_held",
+        help: "clients held while their sleeping container woke (idle sleep)",
+        protocol: None,
+        column: None,
+        read: |s| s.held,
+    },
+    Counter {
+        key: "wake_failed",
+        metric: "route_wake_failed",
+        help: "held clients given up because the wake failed or timed out",
+        protocol: None,
+        column: None,
+        read: |s| s.wake_failed,
+    },
+    Counter {
+        key: "buffered",
+        metric: "route_buffered",
+        help: "datagrams buffered while a sleeping container woke",
+        protocol: Some(Protocol::Udp),
+        column: None,
+        read: |s| s.buffered,
+    },
 ];
 
 /// The values of [`COUNTERS`] for one route, in their order. In JSON, one key per counter

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use proxy_core::{Protocol, RouteState, RouteStatus};
+use route_spec::{WAKE_BUCKETS, WakePhase, WakeStatus};
 
 use crate::controller::View;
 use crate::counters::{COUNTERS, Counts};
@@ -85,16 +87,7 @@ fn encode_routes(
 ) -> Result<(), std::fmt::Error> {
     let mut routes: BTreeMap<RouteLabels, Sums> = BTreeMap::new();
     for status in statuses {
-        let spec = &status.spec;
-        let labels = [
-            ("alias", spec.alias.clone()),
-            ("protocol", spec.protocol.as_str().to_string()),
-            // The listening address, not the source: a load-balanced route's source is the
-            // list of its replicas, which changes on every scale up or down and would start
-            // a new series (and reset every counter) each time.
-            ("listen", status.bound.unwrap_or(spec.listen).to_string()),
-        ];
-        let c = routes.entry(labels).or_default();
+        let c = routes.entry(route_labels(status)).or_default();
         let s = &status.stats;
         c.up += i64::from(status.state == RouteState::Listening);
         c.total += s.total;
@@ -115,6 +108,8 @@ fn encode_routes(
         let applies = |l: &RouteLabels| def.protocol.is_none_or(|p| l[1].1 == p.as_str());
         counter(&mut encoder, &routes, applies, def.metric, def.help, |c| c.counters.get(def.key).unwrap_or_default())?;
     }
+
+    encode_sleep(&mut encoder, statuses)?;
 
     let mut by_source: BTreeMap<String, i64> = BTreeMap::new();
     for e in errors {
@@ -142,6 +137,86 @@ fn encode_routes(
         dropped.encode(family)?;
     }
     Ok(())
+}
+
+/// Idle sleep's series, present only when some route's container sleeps when idle: per
+/// route, whether it sleeps or wakes now; per container, its wakes, sleeps, failures and the
+/// wake-duration histogram.
+fn encode_sleep(encoder: &mut DescriptorEncoder, statuses: &[RouteStatus]) -> Result<(), std::fmt::Error> {
+    let mut phases: BTreeMap<RouteLabels, WakePhase> = BTreeMap::new();
+    let mut containers: BTreeMap<String, WakeStatus> = BTreeMap::new();
+    for status in statuses {
+        let Some(wake) = &status.spec.hooks.wake else { continue };
+        let w = wake.status();
+        if let Some(phase) = w.phase {
+            phases.insert(route_labels(status), phase);
+        }
+        containers.entry(w.name.clone()).or_insert(w);
+    }
+    if phases.is_empty() && containers.is_empty() {
+        return Ok(());
+    }
+    for (name, help, which) in [
+        ("route_sleeping", "1 while the route's container sleeps (or is being put to sleep)", 0),
+        ("route_waking", "1 while the route's container wakes, its clients held", 1),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+        for (labels, phase) in &phases {
+            let on = match which {
+                0 => matches!(phase, WakePhase::Sleeping | WakePhase::Stopping),
+                _ => *phase == WakePhase::Waking,
+            };
+            ConstGauge::new(i64::from(on)).encode(family.encode_family(labels)?)?;
+        }
+    }
+    type Read = fn(&WakeStatus) -> u64;
+    let counters: [(&str, &str, Read); 3] = [
+        ("container_wakes", "wakes of a sleeping container that ended ready", |w| w.wakes),
+        ("container_sleeps", "times a container was put to sleep for idleness", |w| w.sleeps),
+        ("container_wake_failures", "wakes that failed or timed out", |w| w.wake_failures),
+    ];
+    for (name, help, read) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+        for (container, w) in &containers {
+            let labels = [("container", container.clone())];
+            ConstCounter::new(read(w)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "container_wake_duration_seconds",
+        "from the first client to the container ready, for wakes that succeeded",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (container, w) in &containers {
+        let labels = [("container", container.clone())];
+        let buckets: Vec<(f64, u64)> = WAKE_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(w.wake_buckets.iter().copied().chain(std::iter::repeat(0)))
+            .collect();
+        family.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(
+            w.wake_seconds,
+            w.wakes,
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// The labels of a route's series.
+fn route_labels(status: &RouteStatus) -> RouteLabels {
+    let spec = &status.spec;
+    [
+        ("alias", spec.alias.clone()),
+        ("protocol", spec.protocol.as_str().to_string()),
+        // The listening address, not the source: a load-balanced route's source is the
+        // list of its replicas, which changes on every scale up or down and would start
+        // a new series (and reset every counter) each time.
+        ("listen", status.bound.unwrap_or(spec.listen).to_string()),
+    ]
 }
 
 fn counter(

@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use proxy_core::{Protocol, RouteState, RouteStatus};
+use route_spec::WakePhase;
 use serde::{Deserialize, Serialize};
 
 use crate::counters::{COUNTERS, Counts};
@@ -30,7 +31,8 @@ pub struct RouteRow {
     pub target_health: Vec<TargetHealth>,
     /// Where the route came from: a file path or a container name.
     pub source: String,
-    /// `listening`, `error` or `conflict`.
+    /// `listening`, `error` or `conflict`; with idle sleep, `sleeping`, `waking` or
+    /// `stopping` while the route listens and its container is not up.
     pub state: String,
     /// Why the route is not listening; `null` while it is.
     pub error: Option<String>,
@@ -90,7 +92,7 @@ impl RouteRow {
                 })
                 .collect(),
             source: spec.source.clone(),
-            state: status.state.name().to_string(),
+            state: state_name(status),
             error: status.state.message(),
             connections_active: s.active,
             connections_total: s.total,
@@ -117,6 +119,19 @@ impl RouteRow {
             ..Default::default()
         }
     }
+}
+
+/// `listening`, `error` or `conflict`; a listening route of a container that sleeps when
+/// idle shows `sleeping` (or `waking`, or `stopping`) while its container is not up.
+fn state_name(status: &RouteStatus) -> String {
+    if status.state == RouteState::Listening
+        && let Some(wake) = &status.spec.hooks.wake
+        && let Some(phase) = wake.status().phase
+        && phase != WakePhase::Awake
+    {
+        return phase.as_str().to_string();
+    }
+    status.state.name().to_string()
 }
 
 /// Every row: routes in the table and provider errors, by source, then alias.

@@ -69,4 +69,7 @@ pub enum DialError {
     /// A pre-dial hook refused the client.
     #[error("refused by pre-dial hook: {0}")]
     Refused(String),
+    /// The sleeping target did not wake (the wake failed or timed out).
+    #[error("wake: {0}")]
+    Wake(String),
 }

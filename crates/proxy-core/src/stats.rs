@@ -71,6 +71,15 @@ counters! {
     /// Clients over a per-client limit (`max_connections_per_ip`, `rate_limit`): TCP
     /// connections closed at accept, UDP datagrams that would have opened a session.
     limited,
+    /// Clients held while their sleeping target woke: TCP connections accepted and held,
+    /// UDP sessions whose first datagrams were buffered.
+    held,
+    /// Held clients given up because the wake failed or timed out: TCP connections closed,
+    /// UDP sessions dropped with their buffered datagrams.
+    wake_failed,
+    /// Datagrams buffered while a UDP session's target woke (those beyond the buffer are
+    /// dropped and counted in `dropped`).
+    buffered,
 }
 
 impl RouteStats {

@@ -30,7 +30,9 @@ mod text;
 pub use balance::{Balance, HealthCheck};
 pub use draft::RouteDraft;
 pub use error::SpecError;
-pub use hooks::{ConnInfo, Direction, Hooks, OnReadHook, PreDialHook};
+pub use hooks::{
+    Arrival, ConnInfo, Direction, Hooks, OnReadHook, PreDialHook, Ready, WAKE_BUCKETS, WakeHook, WakePhase, WakeStatus,
+};
 pub use ipnet::IpNet;
 pub use options::{OptionError, RouteOptions};
 pub use protocol::{Family, Protocol, Scheme};

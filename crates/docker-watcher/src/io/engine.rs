@@ -12,6 +12,7 @@ use bollard::query_parameters::ListContainersOptions;
 
 use crate::config::OwnContainer;
 use crate::error::WatchError;
+use crate::idle::config::LABEL_IDLE_TIMEOUT;
 use crate::labels::LABEL_PREFIX;
 use crate::views::{
     ContainerFacts, facts_from_inspect, facts_from_summary, id_from_cgroup, id_from_mountinfo, summary_is_complete,
@@ -38,7 +39,9 @@ pub async fn engine_version(docker: &Docker, host: &str) -> Result<String, Watch
     Ok(format!("{} (API {})", v.version.as_deref().unwrap_or("unknown"), v.api_version.as_deref().unwrap_or("unknown")))
 }
 
-/// Every running or paused container carrying all of `label_filters`, with its published ports.
+/// Every running or paused container carrying all of `label_filters`, with its published
+/// ports; with `sleepers`, stopped ones labelled `proxy.idle_timeout` too (idle sleep keeps
+/// their ports bound).
 ///
 /// Podman's list omits `HostConfig`, so a list entry does not say that its container uses
 /// the host's network: such entries (with `proxy.*` labels) are inspected instead.
@@ -46,14 +49,20 @@ pub(crate) async fn list_views(
     docker: &Docker,
     host: &str,
     label_filters: &[String],
+    sleepers: bool,
 ) -> Result<Vec<ContainerFacts>, WatchError> {
     let filters =
         (!label_filters.is_empty()).then(|| [("label".to_string(), label_filters.to_vec())].into_iter().collect());
-    let options = ListContainersOptions { all: false, filters, ..Default::default() };
+    let options = ListContainersOptions { all: sleepers, filters, ..Default::default() };
     let list =
         docker.list_containers(Some(options)).await.map_err(|source| WatchError::engine(host, "list", source))?;
     let mut views = Vec::with_capacity(list.len());
     for summary in list {
+        // Listing stopped containers too (idle sleep): only those that may sleep matter.
+        let stopped = summary.state.is_some_and(|s| !matches!(s.to_string().as_str(), "running" | "paused"));
+        if sleepers && stopped && !summary.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_IDLE_TIMEOUT)) {
+            continue;
+        }
         if summary_is_complete(&summary) {
             views.extend(facts_from_summary(summary));
             continue;

@@ -9,6 +9,7 @@
 //! - [`watcher`]: [`DockerWatcher`](watcher::DockerWatcher): sessions one after another,
 //!   with backoff, forever.
 
+pub(crate) mod control;
 pub(crate) mod engine;
 pub(crate) mod event_stream;
 pub(crate) mod http;

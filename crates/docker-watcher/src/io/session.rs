@@ -225,7 +225,8 @@ impl<'a> Session<'a> {
 
     /// Lists every container (and service) and reconciles; returns whether anything changed.
     async fn resync(&mut self, docker: &Docker, swarm: &mut Option<SwarmSession>) -> Result<bool, WatchError> {
-        let views = engine::list_views(docker, self.host, &self.config.label_filters).await?;
+        let views =
+            engine::list_views(docker, self.host, &self.config.label_filters, self.config.container_control).await?;
         let mut changed = self.state.reconcile(views);
         let Some(s) = swarm.as_mut() else {
             return Ok(changed | self.state.reconcile_services(&[]));
@@ -245,7 +246,9 @@ impl<'a> Session<'a> {
             Answer::Refused(why) => {
                 changed |= self.services_refused(swarm, &why);
                 // Task containers make routes of their own again.
-                let views = engine::list_views(docker, self.host, &self.config.label_filters).await?;
+                let views =
+                    engine::list_views(docker, self.host, &self.config.label_filters, self.config.container_control)
+                        .await?;
                 changed |= self.state.reconcile(views);
             }
         }

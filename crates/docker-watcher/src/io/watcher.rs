@@ -40,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::DockerConfig;
+use crate::idle::Sleepers;
+use crate::io::control::Control;
 use crate::io::session::Session;
 use crate::memory::State;
 use crate::snapshot::DockerSnapshot;
@@ -91,6 +93,9 @@ impl DockerWatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut state = State::new(self.tx);
         state.site = self.config.site.clone();
+        if self.config.container_control {
+            state.sleepers = Sleepers::new(Some(Control::new(&self.host, self.config.request_timeout)));
+        }
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut last_warn: Option<Instant> = None;
         loop {

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use route_spec::fields;
 use tracing::debug;
 
-use super::keys::{IGNORED_CONTAINER_LABELS, LABEL_PREFIX};
+use super::keys::{IDLE_LABELS, IGNORED_CONTAINER_LABELS, LABEL_PREFIX};
 use super::model::{ContainerRoutes, LabelError, SkippedAlias, Subject, has_proxy_labels};
 
 /// Runs `parse` (the label grammar) with GoDoxy's conventions: the labels go through
@@ -126,7 +126,9 @@ const HEALTHCHECK_FIELDS: &[&str] = &["disable", "disabled", "use_get", "path", 
 /// `proxy.<name>` labels that are the container's, not an alias's: dockward's own and
 /// GoDoxy's idle-watcher ones ([`IGNORED_CONTAINER_LABELS`]).
 fn container_wide(name: &str) -> bool {
-    ["aliases", "exclude", "network", "swarm_target"].contains(&name) || IGNORED_CONTAINER_LABELS.contains(&name)
+    ["aliases", "exclude", "network", "swarm_target"].contains(&name)
+        || IGNORED_CONTAINER_LABELS.contains(&name)
+        || IDLE_LABELS.contains(&name)
 }
 
 /// The label map rewritten into dockward's grammar, and what to do with the parse result.

@@ -54,19 +54,14 @@ pub const IGNORED_FIELDS: &[&str] = &[
     "ssl_trusted_certificate",
 ];
 
-/// GoDoxy container-wide labels (`proxy.<name>`) of its idle watcher; ignored.
-pub const IGNORED_CONTAINER_LABELS: &[&str] = &[
-    "depends_on",
-    "idle_notify",
-    "idle_notify_to",
-    "idle_timeout",
-    "no_loading_page",
-    "start_endpoint",
-    "stop_method",
-    "stop_signal",
-    "stop_timeout",
-    "wake_timeout",
-];
+/// GoDoxy container-wide labels (`proxy.<name>`) of its idle watcher that mean nothing for
+/// streams (its loading page, its notifications); ignored.
+pub const IGNORED_CONTAINER_LABELS: &[&str] = &["idle_notify", "idle_notify_to", "no_loading_page", "start_endpoint"];
+
+/// Container-wide labels (`proxy.<name>`) of idle sleep, GoDoxy's names; read by
+/// [`crate::idle`].
+pub const IDLE_LABELS: &[&str] =
+    &["idle_timeout", "wake_timeout", "stop_method", "stop_timeout", "stop_signal", "depends_on"];
 
 /// GoDoxy schemes of HTTP routes: an alias with one of them is not a stream route and is
 /// skipped, like an alias without a port.
@@ -101,7 +96,7 @@ pub(super) enum Classified<'a> {
 }
 
 pub(super) fn classify<'a>(rest: &'a str, listed: &[String]) -> Classified<'a> {
-    if CONTAINER_LABELS.contains(&rest) {
+    if CONTAINER_LABELS.contains(&rest) || IDLE_LABELS.contains(&rest) {
         return Classified::ContainerWide;
     }
     if IGNORED_CONTAINER_LABELS.contains(&rest) {
@@ -194,6 +189,7 @@ pub(super) fn check_value(field: &str, value: &str) -> Result<(), String> {
 pub(super) fn unknown_container_label(name: &str) -> String {
     let mut known: Vec<&str> = CONTAINER_LABELS.to_vec();
     known.extend(IGNORED_CONTAINER_LABELS);
+    known.extend(IDLE_LABELS);
     match fields::did_you_mean(name, known.iter().copied()) {
         Some(hint) => format!("unknown label (did you mean {LABEL_PREFIX}{hint}?)"),
         None if fields::is_field(name) => {

@@ -41,6 +41,8 @@ pub struct DockerOptions {
     pub hosts: Vec<EngineAddress>,
     /// `--docker-label-filter`: only containers carrying all of these (`key` or `key=value`).
     pub label_filters: Vec<String>,
+    /// `--allow-container-control`: idle sleep may start and stop containers.
+    pub container_control: bool,
 }
 
 /// One watched engine, as the provider reads it.
@@ -72,6 +74,9 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
              an engine that requires TLS will refuse it: use a socket proxy or a tunnel"
         );
     }
+    if options.container_control {
+        info!("container control granted: idle sleep may start, stop, pause, unpause and kill labelled containers");
+    }
     if !options.label_filters.is_empty() {
         info!(labels = ?options.label_filters, "docker provider limited to containers with these labels");
     }
@@ -80,7 +85,11 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
     let mut engines = Vec::with_capacity(addresses.len());
     let mut hosts = Vec::with_capacity(addresses.len());
     for address in &addresses {
-        let config = DockerConfig { label_filters: options.label_filters.clone(), ..address.config() };
+        let config = DockerConfig {
+            label_filters: options.label_filters.clone(),
+            container_control: options.container_control,
+            ..address.config()
+        };
         let watcher = DockerWatcher::new(config);
         info!(docker_host = watcher.host(), engine = address.name.as_deref().unwrap_or(""), site = ?address.site(), "docker provider starting");
         hosts.push(match &address.name {

@@ -178,6 +178,8 @@ async fn connection(
     ctx: Arc<RouteCtx>,
 ) {
     let Admitted { header_expected, active: _active, client: mut _client_guard } = admitted;
+    // Tells a wake hook, by being dropped, that this client left.
+    let mut _presence = None;
     let accepted = Instant::now();
     // The client: the socket's peer, or the one a trusted header names.
     let mut peer = socket_peer;
@@ -232,9 +234,33 @@ async fn connection(
             debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "refuse", %reason, "pre-dial hook refused");
             return Err((Outcome::Denied, format!("pre-dial hook: {reason}")));
         }
+        // A sleeping target: the client is held (accepted, not refused) until it is awake, then
+        // dialled at the targets as they are now (a woken container may have a new address).
+        let mut woken = None;
+        if let Some(hook) = &live.hooks.wake {
+            let arrival = hook.arrive(&info);
+            _presence = arrival.presence;
+            if let Some(ready) = arrival.ready {
+                RouteStats::add(&ctx.stats.held, 1);
+                debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "hold", "held while the target wakes");
+                let ready = tokio::select! {
+                    _ = ctx.close_conns.cancelled() => return Err((Outcome::Drained, DRAINED.to_string())),
+                    ready = ready => ready,
+                };
+                if let Err(reason) = ready {
+                    RouteStats::add(&ctx.stats.wake_failed, 1);
+                    let error = format!("wake: {reason}");
+                    ctx.stats.set_last_error(error.clone());
+                    debug!(protocol = "tcp", listen = %ctx.listen, %peer, action = "wake_error", %reason, "the target did not wake");
+                    return Err((Outcome::DialError, error));
+                }
+                woken = Some(ctx.current());
+            }
+        }
+        let targets = woken.as_ref().map_or(&live.targets, |now| &now.targets);
         let dialled = tokio::select! {
             _ = ctx.close_conns.cancelled() => return Err((Outcome::Drained, DRAINED.to_string())),
-            dialled = Box::pin(dial::tcp(&live.targets, peer.ip(), live.options.connect_timeout)) => dialled,
+            dialled = Box::pin(dial::tcp(targets, peer.ip(), live.options.connect_timeout)) => dialled,
         };
         // The lease counts this connection on its target (least_conn, status) until it ends.
         let (upstream, dst, _lease) = match dialled {
@@ -247,7 +273,7 @@ async fn connection(
                 // a target going down is logged once, by the target set.
                 // A local failure (EMFILE...) is this host's, not the target's: `local` says so.
                 let local = dial::is_local(&e);
-                debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %live.targets.display(), action = "dial_error", local, error = %e, "no target answered");
+                debug!(protocol = "tcp", listen = %ctx.listen, %peer, dst = %targets.display(), action = "dial_error", local, error = %e, "no target answered");
                 return Err((Outcome::DialError, e.to_string()));
             }
         };

@@ -137,10 +137,13 @@ impl Sessions {
                     send_upstream(&self.ctx, &self.oversize, socket, &session.live, peer, data).await;
                     session.tally.client(1, data.len());
                 }
-                State::Dialling { queue, .. } => {
+                State::Dialling { queue, held, .. } => {
                     if queue.len() < PENDING_MAX_DATAGRAMS && self.pending_bytes + data.len() <= PENDING_MAX_BYTES {
                         queue.push_back(Box::from(data));
                         self.pending_bytes += data.len();
+                        if *held {
+                            RouteStats::add(&self.ctx.stats.buffered, 1);
+                        }
                     } else {
                         RouteStats::add(&self.ctx.stats.dropped, 1);
                     }

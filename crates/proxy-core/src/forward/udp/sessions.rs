@@ -36,8 +36,9 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use route_spec::Ready;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,8 @@ pub(super) struct Session {
     pub(super) opened: u64,
     /// What it carried, for the access log.
     pub(super) tally: Tally,
+    /// Tells a wake hook, by being dropped, that this client left.
+    pub(super) _presence: Option<Box<dyn Send + Sync>>,
 }
 
 /// What one session carried: bytes and datagrams, client → target and target → client.
@@ -127,10 +130,12 @@ impl Peer for Session {
 
 /// Where a session stands.
 pub(super) enum State {
-    /// The target is being resolved.
+    /// The target is being resolved, or woken.
     Dialling {
         /// The client's waiting datagrams, oldest first.
         queue: VecDeque<Box<[u8]>>,
+        /// True while the target wakes: queued datagrams count as `buffered`.
+        held: bool,
         /// The lookup task, aborted if the session ends first.
         task: Option<AbortHandle>,
     },
@@ -261,7 +266,13 @@ impl Sessions {
             return;
         };
         self.budget_refusing = false;
-        if live.targets.members().iter().all(|m| m.target().ip_addr().is_some()) {
+        // A sleeping target holds the session: it dials once the target is awake.
+        let arrival = match &live.hooks.wake {
+            Some(hook) => hook.arrive(&self.ctx.conn_info(peer)),
+            None => Default::default(),
+        };
+        let presence = arrival.presence;
+        if arrival.ready.is_none() && live.targets.members().iter().all(|m| m.target().ip_addr().is_some()) {
             // IP literals only: dial::udp makes no lookup, so this completes without waiting.
             let (socket, dst, lease) = match dial::udp(&live.targets, peer.ip()).await {
                 Ok(dialled) => dialled,
@@ -271,9 +282,17 @@ impl Sessions {
                     return;
                 }
             };
-            let state = State::Dialling { queue: VecDeque::new(), task: None };
-            let session =
-                Session { peer, last: now, live, state, _permit: permit, opened: now, tally: Tally::default() };
+            let state = State::Dialling { queue: VecDeque::new(), held: false, task: None };
+            let session = Session {
+                peer,
+                last: now,
+                live,
+                state,
+                _permit: permit,
+                opened: now,
+                tally: Tally::default(),
+                _presence: presence,
+            };
             let Some(key) = self.insert(session) else {
                 RouteStats::add(&self.ctx.stats.dropped, 1);
                 return;
@@ -286,14 +305,22 @@ impl Sessions {
                 session.tally.client(1, data.len());
             }
         } else {
+            let held = arrival.ready.is_some();
+            if held {
+                RouteStats::add(&self.ctx.stats.held, 1);
+                debug!(protocol = "udp", listen = %self.ctx.listen, %peer, action = "hold", "session held while the target wakes");
+            }
             let mut queue = VecDeque::with_capacity(PENDING_MAX_DATAGRAMS);
             if self.pending_bytes + data.len() <= PENDING_MAX_BYTES {
                 queue.push_back(Box::from(data));
                 self.pending_bytes += data.len();
+                if held {
+                    RouteStats::add(&self.ctx.stats.buffered, 1);
+                }
             } else {
                 RouteStats::add(&self.ctx.stats.dropped, 1);
             }
-            let state = State::Dialling { queue, task: None };
+            let state = State::Dialling { queue, held, task: None };
             let session = Session {
                 peer,
                 last: now,
@@ -302,9 +329,11 @@ impl Sessions {
                 _permit: permit,
                 opened: now,
                 tally: Tally::default(),
+                _presence: presence,
             };
             let Some(key) = self.insert(session) else { return };
-            let lookup = setup(live, self.ctx.close_conns.clone(), self.events.clone(), key, peer.ip());
+            let wake = arrival.ready.map(|ready| (ready, self.ctx.live.clone()));
+            let lookup = setup(live, self.ctx.close_conns.clone(), self.events.clone(), key, peer.ip(), wake);
             let handle = self.ctx.tracker.spawn(lookup).abort_handle();
             if let Some(Session { state: State::Dialling { task, .. }, .. }) = self.table.get_mut(key) {
                 *task = Some(handle);
@@ -412,6 +441,9 @@ impl Sessions {
                 }
             }
             Err(e) => {
+                if let DialError::Wake(_) = e {
+                    RouteStats::add(&self.ctx.stats.wake_failed, 1);
+                }
                 // `remove` counts the queued datagrams as dropped.
                 if let Some(session) = self.remove(key) {
                     self.log_end(&session, None, Outcome::DialError, Some(e.to_string()));
@@ -564,12 +596,25 @@ impl Sessions {
 
 /// Resolves a dialling session's targets and makes its socket, then reports to the route.
 async fn setup(
-    live: Arc<Live>,
+    mut live: Arc<Live>,
     close: CancellationToken,
     events: mpsc::UnboundedSender<Event>,
     key: Key,
     client: std::net::IpAddr,
+    wake: Option<(Ready, watch::Receiver<Arc<Live>>)>,
 ) {
+    if let Some((ready, now)) = wake {
+        let ready = tokio::select! {
+            _ = close.cancelled() => return,
+            ready = ready => ready,
+        };
+        if let Err(reason) = ready {
+            let _ = events.send(Event::Dialled { key, result: Err(DialError::Wake(reason)) });
+            return;
+        }
+        // Awake: dial the targets as they are now (a woken container may have a new address).
+        live = now.borrow().clone();
+    }
     let timeout = live.options.connect_timeout;
     let result = tokio::select! {
         _ = close.cancelled() => return,

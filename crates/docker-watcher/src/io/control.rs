@@ -1,0 +1,370 @@
+//! Idle sleep's engine calls: the only writes dockward ever makes, and only with
+//! `--allow-container-control`. Start, stop, pause, unpause and kill of containers, plus the
+//! reads a wake needs (inspect, and a list to find a `depends_on` container by its Compose
+//! service name). Nothing else: a socket proxy that allows exactly these is enough.
+//!
+//! One driver task per sleeping container ([`spawn_driver`]) follows [`Sleeper::next`]:
+//! puts it to sleep when idle, wakes it when a client arrives, and reports back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{KillContainerOptions, ListContainersOptions, StopContainerOptions};
+use route_spec::Target;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::engine;
+use crate::idle::config::{Dependency, IdleConfig, StopMethod};
+use crate::idle::sleeper::{Next, Sleeper};
+use crate::labels::COMPOSE_PROJECT_LABEL;
+
+/// The engine connection idle sleep writes through, made on first use and kept.
+pub(crate) struct Control {
+    host: String,
+    timeout: Duration,
+    docker: tokio::sync::Mutex<Option<Docker>>,
+}
+
+impl Control {
+    /// Writes to the engine at `host`.
+    pub(crate) fn new(host: &str, timeout: Duration) -> Arc<Self> {
+        Arc::new(Control { host: host.to_string(), timeout, docker: tokio::sync::Mutex::new(None) })
+    }
+
+    async fn docker(&self) -> Result<Docker, String> {
+        let mut slot = self.docker.lock().await;
+        if let Some(docker) = slot.as_ref() {
+            return Ok(docker.clone());
+        }
+        let docker = engine::connect(&self.host, self.timeout).await.map_err(|e| e.to_string())?;
+        *slot = Some(docker.clone());
+        Ok(docker)
+    }
+
+    /// Forgets the connection after a failure, so the next call reconnects.
+    async fn reset(&self) {
+        *self.docker.lock().await = None;
+    }
+
+    async fn call<T, F, Fut>(&self, what: &str, name: &str, f: F) -> Result<T, String>
+    where
+        F: FnOnce(Docker) -> Fut,
+        Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        let docker = self.docker().await?;
+        match f(docker).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !matches!(e, bollard::errors::Error::DockerResponseServerError { .. }) {
+                    self.reset().await;
+                }
+                Err(format!("{what} {name}: {}", short_error(&e)))
+            }
+        }
+    }
+
+    async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse, String> {
+        self.call("inspecting", name, |d| async move { d.inspect_container(name, None).await }).await
+    }
+}
+
+/// The engine's message without bollard's wrapping.
+fn short_error(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+            format!("{message} (HTTP {status_code})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Starts the task that puts `sleeper`'s container to sleep and wakes it; it ends when the
+/// sleeper is retired.
+pub(crate) fn spawn_driver(sleeper: Arc<Sleeper>, control: Arc<Control>) {
+    tokio::spawn(drive(sleeper, control));
+}
+
+async fn drive(sleeper: Arc<Sleeper>, control: Arc<Control>) {
+    // Dependencies this driver started, stopped again after the container (reverse order).
+    let mut started_deps: Vec<String> = Vec::new();
+    loop {
+        if sleeper.retired.is_cancelled() {
+            return;
+        }
+        match sleeper.next(Instant::now()) {
+            Next::Wake { client } => {
+                let config = sleeper.config();
+                match client {
+                    Some(client) => {
+                        info!(container = %sleeper.name, %client, "waking container: first client from {client}")
+                    }
+                    None => {
+                        info!(container = %sleeper.name, "waking container: a client arrived while it was being stopped")
+                    }
+                }
+                let began = Instant::now();
+                let result = tokio::select! {
+                    _ = sleeper.retired.cancelled() => return,
+                    r = tokio::time::timeout(config.wake_timeout, wake(&control, &sleeper, &config, &mut started_deps)) => r,
+                };
+                let result = match result {
+                    Ok(Ok(())) => Ok(began.elapsed()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(format!("not ready within wake_timeout {}", show(config.wake_timeout))),
+                };
+                match &result {
+                    Ok(took) => info!(container = %sleeper.name, took_ms = took.as_millis() as u64, "container awake"),
+                    Err(e) => {
+                        warn!(container = %sleeper.name, error = %e, "waking the container failed; held clients are closed")
+                    }
+                }
+                sleeper.woke(result);
+            }
+            Next::Sleep { idle } => {
+                let config = sleeper.config();
+                info!(container = %sleeper.name, idle = %show(idle), method = config.stop_method.as_str(), "container idle for {}: putting it to sleep", show(idle));
+                let result = put_to_sleep(&control, &sleeper.id, &config).await;
+                if let Err(e) = &result {
+                    warn!(container = %sleeper.name, error = %e, "putting the container to sleep failed; it stays up");
+                } else {
+                    for dep in started_deps.drain(..).rev() {
+                        let stop = StopContainerOptions { t: Some(stop_secs(config.stop_timeout)), signal: None };
+                        let id = dep.as_str();
+                        let stopped = control
+                            .call("stopping", id, |d| async move { d.stop_container(id, Some(stop)).await })
+                            .await;
+                        if let Err(e) = stopped {
+                            warn!(container = %sleeper.name, error = %e, "stopping a dependency failed");
+                        }
+                    }
+                }
+                sleeper.slept(result);
+            }
+            Next::WaitUntil(at) => {
+                tokio::select! {
+                    _ = sleeper.retired.cancelled() => return,
+                    _ = sleeper.notify.notified() => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            Next::Wait => {
+                tokio::select! {
+                    _ = sleeper.retired.cancelled() => return,
+                    _ = sleeper.notify.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+fn show(d: Duration) -> String {
+    humantime_like(d)
+}
+
+/// `30s`, `1m30s`, `250ms`: short, for logs and errors.
+fn humantime_like(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+fn stop_secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// Stops, pauses or kills the container as `config` says.
+async fn put_to_sleep(control: &Control, id: &str, config: &IdleConfig) -> Result<(), String> {
+    match config.stop_method {
+        StopMethod::Pause => control.call("pausing", id, |d| async move { d.pause_container(id).await }).await,
+        StopMethod::Kill => {
+            let signal = format!("SIG{}", config.stop_signal.as_deref().unwrap_or("KILL"));
+            let kill = KillContainerOptions { signal };
+            control.call("killing", id, |d| async move { d.kill_container(id, Some(kill)).await }).await
+        }
+        StopMethod::Stop => match &config.stop_signal {
+            // The engine's stop takes a signal only from API 1.42: send it, wait, then kill.
+            Some(signal) => {
+                let kill = KillContainerOptions { signal: format!("SIG{signal}") };
+                control.call("signalling", id, |d| async move { d.kill_container(id, Some(kill)).await }).await?;
+                let deadline = Instant::now() + config.stop_timeout;
+                while Instant::now() < deadline {
+                    if !is_running(&control.inspect(id).await?) {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let kill = KillContainerOptions::default();
+                control.call("killing", id, |d| async move { d.kill_container(id, Some(kill)).await }).await
+            }
+            None => {
+                let stop = StopContainerOptions { t: Some(stop_secs(config.stop_timeout)), signal: None };
+                control.call("stopping", id, |d| async move { d.stop_container(id, Some(stop)).await }).await
+            }
+        },
+    }
+}
+
+fn status_of(c: &ContainerInspectResponse) -> Option<ContainerStateStatusEnum> {
+    c.state.as_ref().and_then(|s| s.status)
+}
+
+fn is_running(c: &ContainerInspectResponse) -> bool {
+    c.state.as_ref().is_some_and(|s| s.running == Some(true) && s.paused != Some(true))
+}
+
+/// `Some(healthy)` when the container has a healthcheck, `None` without one.
+fn health_of(c: &ContainerInspectResponse) -> Option<bool> {
+    let status = c.state.as_ref()?.health.as_ref()?.status?;
+    match status {
+        HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
+        HealthStatusEnum::HEALTHY => Some(true),
+        HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY => Some(false),
+    }
+}
+
+/// Starts (or unpauses) the container `name`; already running is fine.
+async fn start(control: &Control, name: &str) -> Result<ContainerInspectResponse, String> {
+    let c = control.inspect(name).await?;
+    let id = c.id.clone().unwrap_or_else(|| name.to_string());
+    match status_of(&c) {
+        Some(ContainerStateStatusEnum::RUNNING) => {}
+        Some(ContainerStateStatusEnum::PAUSED) => {
+            control.call("unpausing", name, |d| async move { d.unpause_container(&id).await }).await?;
+        }
+        _ => {
+            control.call("starting", name, |d| async move { d.start_container(&id, None).await }).await?;
+        }
+    }
+    Ok(c)
+}
+
+/// How often readiness is probed: often at first (most services are up within a second),
+/// then less.
+fn probe_interval(since: Duration) -> Duration {
+    if since < Duration::from_secs(2) { Duration::from_millis(5) } else { Duration::from_millis(100) }
+}
+
+/// Starts the dependencies in order, then the container, and returns once it is ready:
+/// healthy if it has a healthcheck, else every TCP target accepts (a UDP-only container:
+/// running). The caller bounds it by `wake_timeout`.
+async fn wake(
+    control: &Control,
+    sleeper: &Sleeper,
+    config: &IdleConfig,
+    started: &mut Vec<String>,
+) -> Result<(), String> {
+    for dep in &config.depends_on {
+        let name = find_dependency(control, &sleeper.id, dep).await?;
+        let before = control.inspect(&name).await?;
+        if !is_running(&before) {
+            start(control, &name).await?;
+            if !started.contains(&name) {
+                started.push(name.clone());
+            }
+        }
+        wait_ready(control, &name, dep.healthy, &[]).await.map_err(|e| format!("dependency {}: {e}", dep.name))?;
+    }
+    start(control, &sleeper.id).await?;
+    let targets = sleeper.readiness();
+    wait_ready(control, &sleeper.id, false, &targets).await
+}
+
+/// Waits until `name` runs and is ready: healthy when it has a healthcheck (or `healthy`
+/// is asked), else every one of `targets` accepts a TCP connection.
+async fn wait_ready(control: &Control, name: &str, healthy: bool, targets: &[Target]) -> Result<(), String> {
+    let began = Instant::now();
+    let mut next_inspect = began;
+    let mut state_ok = false;
+    loop {
+        let now = Instant::now();
+        if now >= next_inspect || !state_ok {
+            let c = control.inspect(name).await?;
+            match status_of(&c) {
+                Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+                    let code = c.state.as_ref().and_then(|s| s.exit_code).unwrap_or_default();
+                    return Err(format!("the container exited (code {code}) while waking"));
+                }
+                _ => {}
+            }
+            state_ok = is_running(&c)
+                && match health_of(&c) {
+                    Some(h) => h,
+                    None => !healthy,
+                };
+            // A healthcheck decides alone; without one, the ports do.
+            if state_ok && (health_of(&c).is_some() || targets.is_empty()) {
+                return Ok(());
+            }
+            next_inspect = now + Duration::from_millis(250);
+        }
+        if state_ok && all_accept(targets).await {
+            return Ok(());
+        }
+        tokio::time::sleep(probe_interval(began.elapsed())).await;
+    }
+}
+
+/// True when every target accepts a TCP connection (closed again at once).
+async fn all_accept(targets: &[Target]) -> bool {
+    for t in targets {
+        let dial = TcpStream::connect((t.host.as_str(), t.port));
+        match tokio::time::timeout(Duration::from_secs(1), dial).await {
+            Ok(Ok(_)) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The container a `depends_on` entry names: a container of that name, else the one of that
+/// Compose service in the same project as the sleeping container.
+async fn find_dependency(control: &Control, sleeper_id: &str, dep: &Dependency) -> Result<String, String> {
+    let own = control.inspect(sleeper_id).await?;
+    let project =
+        own.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(COMPOSE_PROJECT_LABEL)).cloned();
+    if let Some(project) = project {
+        let filters: HashMap<String, Vec<String>> = [(
+            "label".to_string(),
+            vec![format!("{COMPOSE_PROJECT_LABEL}={project}"), format!("com.docker.compose.service={}", dep.name)],
+        )]
+        .into_iter()
+        .collect();
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let list =
+            control.call("listing", &dep.name, |d| async move { d.list_containers(Some(options)).await }).await?;
+        if let Some(id) = list.into_iter().find_map(|c| c.id) {
+            return Ok(id);
+        }
+    }
+    match control.inspect(&dep.name).await {
+        Ok(c) => Ok(c.id.unwrap_or_else(|| dep.name.clone())),
+        Err(e) => Err(format!("dependency {:?} not found: {e}", dep.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_short() {
+        assert_eq!(humantime_like(Duration::from_millis(250)), "250ms");
+        assert_eq!(humantime_like(Duration::from_secs(30)), "30s");
+        assert_eq!(humantime_like(Duration::from_secs(90)), "1m30s");
+        assert_eq!(humantime_like(Duration::from_secs(180)), "3m");
+        assert_eq!(humantime_like(Duration::from_secs(3725)), "1h2m5s");
+    }
+}
