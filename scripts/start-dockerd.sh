@@ -7,7 +7,8 @@
 # Idempotent: when /var/run/docker.sock already answers nothing is installed or started, so
 # running it twice is harmless. Packages come from Debian: docker.io (dockerd, containerd,
 # runc), busybox-static (the test image is built from /bin/busybox), socat (the UDP echo
-# target the tests run inside a container), docker-compose and libcap2-bin (tests/deploy.rs). dockerd runs without iptables rules and without
+# target the tests run inside a container), redis-server and dnsmasq-base (the idle-sleep
+# tests' servers), docker-compose and libcap2-bin (tests/deploy.rs). dockerd runs without iptables rules and without
 # the default bridge: the tests only use host-network containers listening on loopback.
 #
 # Environment:
@@ -40,6 +41,10 @@ dockward_install_docker() {
     # The test image needs a static busybox (the dynamic one from `busybox` would need libc).
     dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
     command -v socat >/dev/null 2>&1 || missing+=(socat)
+    # tests/idle_sleep.rs: real servers put to sleep and woken (run in the test image with the
+    # host's /usr and /lib mounted): redis for TCP, dnsmasq for UDP.
+    [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+    [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
     # tests/deploy.rs: compose files validated, the test image's binary given a capability.
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     command -v setcap >/dev/null 2>&1 || missing+=(libcap2-bin)

@@ -29,6 +29,8 @@ const EXPECTED_ROUTES: &[(&str, usize)] = &[
     // ssh 1, dns 1, minecraft tcp+udp 2.
     ("deploy/docker-compose.yml", 4),
     ("examples/labels/dns-udp.yml", 1),
+    // java tcp+udp 2 (mc-db has no proxy label).
+    ("examples/labels/minecraft-idle.yml", 2),
     // java tcp+udp 2, bedrock 1.
     ("examples/labels/minecraft.yml", 3),
     ("examples/labels/postgres.yml", 1),

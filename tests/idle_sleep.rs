@@ -10,7 +10,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, TestEngine, docker_cli, free_tcp_port, free_udp_port};
+use dockward_tests::docker::{
+    ContainerSpec, DockwardWithDocker, TestEngine, docker_cli, docker_required, free_tcp_port, free_udp_port,
+};
 use dockward_tests::dockward::{http_get, poll};
 
 /// A container must be put to sleep within this after its idle timeout.
@@ -18,6 +20,20 @@ const SLEEP_WITHIN: Duration = Duration::from_secs(30);
 /// A woken container must answer within this (a start takes well under a second here).
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 const CONTROL: &[&str] = &["--allow-container-control"];
+
+/// The engine, when there is one and the host has the servers the tests run; else SKIP (a
+/// failure when the run requires Docker: `scripts/start-dockerd.sh` installs them).
+async fn engine(case: &str) -> Option<TestEngine> {
+    let engine = TestEngine::connect(case).await?;
+    for server in ["/usr/bin/redis-server", "/usr/sbin/dnsmasq"] {
+        if !std::path::Path::new(server).exists() {
+            assert!(!docker_required(), "{server} is missing; scripts/start-dockerd.sh installs it");
+            dockward_tests::skip::skip("docker", case, format!("{server} is missing; run scripts/start-dockerd.sh"));
+            return None;
+        }
+    }
+    Some(engine)
+}
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -164,7 +180,7 @@ fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_sleeps_when_idle_and_the_first_ping_wakes_it() {
-    let Some(engine) = TestEngine::connect("idle_redis").await else { return };
+    let Some(engine) = engine("idle_redis").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "2s");
@@ -199,7 +215,7 @@ async fn redis_sleeps_when_idle_and_the_first_ping_wakes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connected_quiet_client_keeps_the_container_up() {
-    let Some(engine) = TestEngine::connect("idle_held_open").await else { return };
+    let Some(engine) = engine("idle_held_open").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
@@ -221,7 +237,7 @@ async fn a_connected_quiet_client_keeps_the_container_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_clients_at_a_sleeping_container_cause_one_start_and_are_all_served() {
-    let Some(engine) = TestEngine::connect("idle_fifty").await else { return };
+    let Some(engine) = engine("idle_fifty").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
@@ -242,7 +258,7 @@ async fn fifty_clients_at_a_sleeping_container_cause_one_start_and_are_all_serve
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_method_pause_pauses_and_unpauses() {
-    let Some(engine) = TestEngine::connect("idle_pause").await else { return };
+    let Some(engine) = engine("idle_pause").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let mut l = labels("redis", &port, "1s");
@@ -261,7 +277,7 @@ async fn stop_method_pause_pauses_and_unpauses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn depends_on_starts_the_dependency_first() {
-    let Some(engine) = TestEngine::connect("idle_depends_on").await else { return };
+    let Some(engine) = engine("idle_depends_on").await else { return };
     let dep = engine.create(&ContainerSpec::sleeper("db", &[])).await;
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
@@ -282,7 +298,7 @@ async fn depends_on_starts_the_dependency_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_target_that_never_listens_closes_held_clients_at_wake_timeout() {
-    let Some(engine) = TestEngine::connect("idle_wake_timeout").await else { return };
+    let Some(engine) = engine("idle_wake_timeout").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let mut l = labels("app", &port, "1s");
@@ -309,7 +325,7 @@ async fn a_target_that_never_listens_closes_held_clients_at_wake_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dnsmasq_sleeps_and_the_first_query_is_answered() {
-    let Some(engine) = TestEngine::connect("idle_dnsmasq").await else { return };
+    let Some(engine) = engine("idle_dnsmasq").await else { return };
     let (listen, target) = (free_udp_port(), free_udp_port());
     let port = format!("{listen}:{target}");
     let l = vec![
@@ -332,7 +348,7 @@ async fn dnsmasq_sleeps_and_the_first_query_is_answered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_while_asleep_dockward_binds_again_and_wakes_it() {
-    let Some(engine) = TestEngine::connect("idle_restart").await else { return };
+    let Some(engine) = engine("idle_restart").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
@@ -354,7 +370,7 @@ async fn restarted_while_asleep_dockward_binds_again_and_wakes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_removed_while_asleep_frees_its_port() {
-    let Some(engine) = TestEngine::connect("idle_removed").await else { return };
+    let Some(engine) = engine("idle_removed").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
@@ -368,7 +384,7 @@ async fn a_container_removed_while_asleep_frees_its_port() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_flag_idle_labels_are_an_error_row_naming_it() {
-    let Some(engine) = TestEngine::connect("idle_no_flag").await else { return };
+    let Some(engine) = engine("idle_no_flag").await else { return };
     let (listen, target) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");

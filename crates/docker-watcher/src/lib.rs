@@ -67,7 +67,9 @@ pub fn check_labels(pairs: &[(String, String)], name: &str) -> ContainerRoutes {
         networks: Default::default(),
         state: ContainerState::Running,
     };
-    parse_labels(&view, &[])
+    let mut routes = parse_labels(&view, &[]);
+    idle::check(&view.labels, &mut routes);
+    routes
 }
 
 /// Splits `key=value` (as given to `--labels`) at the first `=`; `None` without one.
@@ -93,7 +95,8 @@ pub async fn check_container(
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
     let own = io::engine::own_networks_of(&docker, &host, &config.own_container).await?;
-    let routes = targets::container_routes(&facts, &config.site, &own);
+    let mut routes = targets::container_routes(&facts, &config.site, &own);
+    idle::check(&facts.view.labels, &mut routes);
     Ok((facts.view, routes))
 }
 

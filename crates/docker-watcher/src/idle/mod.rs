@@ -38,8 +38,11 @@ pub(crate) fn can_sleep(state: ContainerState) -> bool {
 pub(crate) struct Sleepers {
     /// Write access: `None` when not granted (idle labels are then an error row).
     control: Option<Arc<Control>>,
-    by_id: Mutex<HashMap<String, (Arc<Sleeper>, Arc<dyn WakeHook>)>>,
+    by_id: Mutex<HashMap<String, Entry>>,
 }
+
+/// A container's sleeper, and the hook its routes carry (one `Arc`, so routes stay unchanged).
+type Entry = (Arc<Sleeper>, Arc<dyn WakeHook>);
 
 impl Sleepers {
     /// Sleepers that may start and stop containers through `control`, or none may.
@@ -126,6 +129,16 @@ impl Drop for Sleepers {
     fn drop(&mut self) {
         for (sleeper, _) in self.by_id.get_mut().unwrap_or_else(|p| p.into_inner()).values() {
             sleeper.retire();
+        }
+    }
+}
+
+/// The errors of a container's idle labels, for `dockward check` (which has no write access
+/// to judge by): pushed onto `routes`.
+pub(crate) fn check(labels: &std::collections::BTreeMap<String, String>, routes: &mut ContainerRoutes) {
+    if let IdleLabels::Invalid(errors) = config::read(labels) {
+        for e in errors {
+            routes.push_error(e);
         }
     }
 }
