@@ -70,8 +70,8 @@ struct Inner {
     wake_after_stop: bool,
     /// What the engine last said.
     observed: ContainerState,
-    /// The TCP targets that must accept before it counts as ready.
-    tcp_targets: Vec<Target>,
+    /// The targets that must answer before it counts as ready (TCP: accept; UDP: be bound).
+    targets: Vec<(Protocol, Target)>,
     last_error: Option<String>,
 }
 
@@ -112,7 +112,7 @@ impl Sleeper {
             waker: None,
             wake_after_stop: false,
             observed: state,
-            tcp_targets: Vec::new(),
+            targets: Vec::new(),
             last_error: None,
         };
         Arc::new(Sleeper {
@@ -144,9 +144,9 @@ impl Sleeper {
         self.inner().config.clone()
     }
 
-    /// The TCP targets that must accept before it counts as ready (without a healthcheck).
-    pub(crate) fn readiness(&self) -> Vec<Target> {
-        self.inner().tcp_targets.clone()
+    /// The targets that must answer before it counts as ready (without a healthcheck).
+    pub(crate) fn readiness(&self) -> Vec<(Protocol, Target)> {
+        self.inner().targets.clone()
     }
 
     /// What the engine said (a list, an event's inspect): the settings, state and targets.
@@ -158,16 +158,15 @@ impl Sleeper {
         let mut inner = self.inner();
         inner.config = config;
         inner.observed = state;
-        inner.tcp_targets = routes
-            .iter()
-            .filter(|r| r.protocol == Protocol::Tcp)
-            .flat_map(|r| r.targets.iter().cloned())
-            .fold(Vec::new(), |mut v, t| {
+        inner.targets = routes.iter().flat_map(|r| r.targets.iter().map(|t| (r.protocol, t.clone()))).fold(
+            Vec::new(),
+            |mut v, t| {
                 if !v.contains(&t) {
                     v.push(t);
                 }
                 v
-            });
+            },
+        );
         match (inner.phase, state.is_running()) {
             (WakePhase::Sleeping, true) => {
                 inner.phase = WakePhase::Awake;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
 use bollard::query_parameters::{KillContainerOptions, ListContainersOptions, StopContainerOptions};
-use route_spec::Target;
+use route_spec::{Protocol, Target};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -258,8 +258,8 @@ fn probe_interval(since: Duration) -> Duration {
 }
 
 /// Starts the dependencies in order, then the container, and returns once it is ready:
-/// healthy if it has a healthcheck, else every TCP target accepts (a UDP-only container:
-/// running). The caller bounds it by `wake_timeout`.
+/// healthy if it has a healthcheck, else every target answers (TCP: accepts a connection;
+/// UDP: its port is bound). The caller bounds it by `wake_timeout`.
 async fn wake(
     control: &Control,
     sleeper: &Sleeper,
@@ -283,8 +283,13 @@ async fn wake(
 }
 
 /// Waits until `name` runs and is ready: healthy when it has a healthcheck (or `healthy`
-/// is asked), else every one of `targets` accepts a TCP connection.
-async fn wait_ready(control: &Control, name: &str, healthy: bool, targets: &[Target]) -> Result<(), String> {
+/// is asked), else every one of `targets` answers (see [`answers`]).
+async fn wait_ready(
+    control: &Control,
+    name: &str,
+    healthy: bool,
+    targets: &[(Protocol, Target)],
+) -> Result<(), String> {
     let began = Instant::now();
     let mut next_inspect = began;
     let mut state_ok = false;
@@ -317,16 +322,72 @@ async fn wait_ready(control: &Control, name: &str, healthy: bool, targets: &[Tar
     }
 }
 
-/// True when every target accepts a TCP connection (closed again at once).
-async fn all_accept(targets: &[Target]) -> bool {
-    for t in targets {
-        let dial = TcpStream::connect((t.host.as_str(), t.port));
-        match tokio::time::timeout(Duration::from_secs(1), dial).await {
-            Ok(Ok(_)) => {}
-            _ => return false,
+/// True when every target answers: a TCP target accepts a connection (closed again at
+/// once); a UDP target's port is bound, so the datagrams held for it are not lost to an
+/// ICMP "port unreachable" (see [`udp_bound`]).
+async fn all_accept(targets: &[(Protocol, Target)]) -> bool {
+    for (protocol, t) in targets {
+        let up = match protocol {
+            Protocol::Tcp => {
+                let dial = TcpStream::connect((t.host.as_str(), t.port));
+                matches!(tokio::time::timeout(Duration::from_secs(1), dial).await, Ok(Ok(_)))
+            }
+            Protocol::Udp => udp_bound(t).await,
+        };
+        if !up {
+            return false;
         }
     }
     true
+}
+
+/// Whether a UDP target's port is bound. A loopback target (a host-network container, on the
+/// host dockward runs on) is looked up in `/proc/net/udp` and `udp6`, which touches nothing.
+/// Otherwise a zero-length datagram is sent from a connected socket: a port nobody has bound
+/// answers with ICMP "port unreachable", which the next receive reports; silence for 20 ms
+/// counts as bound (servers drop an empty datagram).
+async fn udp_bound(target: &Target) -> bool {
+    if let Some(addr) = target.ip_addr()
+        && addr.ip().is_loopback()
+        && let Some(bound) = proc_udp_bound(addr.port())
+    {
+        return bound;
+    }
+    let Ok(Some(addr)) = tokio::net::lookup_host((target.host.as_str(), target.port)).await.map(|mut a| a.next())
+    else {
+        return false;
+    };
+    let local: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let Ok(socket) = tokio::net::UdpSocket::bind(local).await else { return false };
+    if socket.connect(addr).await.is_err() || socket.send(&[]).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(20), socket.recv(&mut buf)).await {
+        Err(_) => true,
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() != std::io::ErrorKind::ConnectionRefused,
+    }
+}
+
+/// Whether `/proc/net/udp` or `udp6` lists a socket bound to `port` (on any address); `None`
+/// when neither can be read.
+fn proc_udp_bound(port: u16) -> Option<bool> {
+    let mut readable = false;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        readable = true;
+        if udp_table_has_port(&text, port) {
+            return Some(true);
+        }
+    }
+    readable.then_some(false)
+}
+
+/// Whether a `/proc/net/udp`-format table has a socket whose local port is `port`.
+fn udp_table_has_port(text: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    text.lines().skip(1).any(|line| line.split_whitespace().nth(1).is_some_and(|local| local.ends_with(&want)))
 }
 
 /// The container a `depends_on` entry names: a container of that name, else the one of that
@@ -358,6 +419,27 @@ async fn find_dependency(control: &Control, sleeper_id: &str, dep: &Dependency) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_udp_table_is_read_by_local_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  372: 0100007F:B0F1 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123 2 0000000000000000 0
+  373: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 124 2 0000000000000000 0
+";
+        assert!(udp_table_has_port(table, 0xB0F1));
+        assert!(udp_table_has_port(table, 53));
+        assert!(!udp_table_has_port(table, 0xF1));
+        assert!(!udp_table_has_port(table, 0), "the remote address is not read");
+    }
+
+    #[tokio::test]
+    async fn udp_bound_tells_a_bound_port_from_a_free_one() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        assert!(udp_bound(&Target::new("127.0.0.1", port)).await);
+        drop(socket);
+        assert!(!udp_bound(&Target::new("127.0.0.1", port)).await);
+    }
 
     #[test]
     fn durations_read_short() {
