@@ -159,3 +159,76 @@ async fn a_flood_of_100000_distinct_udp_sources_keeps_the_client_table_under_its
     assert!(largest > TABLE_CAP / 2, "the flood filled the table ({largest}), so pruning was exercised");
     table.shutdown().await;
 }
+
+/// A connection to `addr` that opens with a PROXY v1 header naming `source` as the client.
+async fn connect_as(source: &str, addr: SocketAddr) -> TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = connect_from(Ipv4Addr::LOCALHOST, addr).await;
+    let family = if source.contains(':') { "TCP6" } else { "TCP4" };
+    let destination = if source.contains(':') { "2001:db8:ffff::1" } else { "198.51.100.1" };
+    let header = format!("PROXY {family} {source} {destination} 40000 443\r\n");
+    stream.write_all(header.as_bytes()).await.expect("write the header");
+    stream
+}
+
+#[tokio::test]
+async fn limits_count_the_client_a_trusted_proxy_header_names_and_group_ipv6_by_prefix() {
+    init_tracing();
+    let echo = echo_server();
+    let table = RouteTable::new();
+    let options = RouteOptions {
+        max_connections_per_ip: 1,
+        accept_proxy_protocol: Some(route_spec::AcceptProxy::Required),
+        trusted: route_spec::nets::parse_nets("127.0.0.0/8").expect("nets"),
+        ..RouteOptions::default()
+    };
+    assert_eq!(options.client_ipv6_prefix, 64, "the documented default");
+    let addr = apply_one(&table, tcp_route("ssh", echo.addr).with_options(options)).await;
+
+    // All from 127.0.0.1, but three clients by their headers: each gets its one connection.
+    let mut a = connect_as("203.0.113.7", addr).await;
+    let mut b = connect_as("203.0.113.8", addr).await;
+    let mut v6 = connect_as("2001:db8:0:1::1", addr).await;
+    echo_once(&mut a, b"a").await;
+    echo_once(&mut b, b"b").await;
+    echo_once(&mut v6, b"v6").await;
+    // The same client again: over its limit, whatever the socket's address says.
+    let mut a_again = connect_as("203.0.113.7", addr).await;
+    expect_closed(&mut a_again).await;
+    // Another address of the same /64 is the same client; another /64 is not.
+    let mut same_64 = connect_as("2001:db8:0:1::ffff", addr).await;
+    expect_closed(&mut same_64).await;
+    let mut other_64 = connect_as("2001:db8:0:2::1", addr).await;
+    echo_once(&mut other_64, b"other /64").await;
+    let s = status_of(&table, "ssh").stats;
+    assert_eq!(s.limited, 2);
+    assert_eq!(echo.accepted(), 4, "limited clients were never dialled");
+    table.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ipv6_client_over_loopback_is_limited_too() {
+    init_tracing();
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIP an_ipv6_client_over_loopback_is_limited_too: no IPv6 loopback on this host");
+        return;
+    };
+    drop(probe);
+    let echo = echo_server();
+    let table = RouteTable::new();
+    let options = RouteOptions { max_connections_per_ip: 1, ..RouteOptions::default() };
+    let route = RouteSpec::new(
+        "ssh",
+        Protocol::Tcp,
+        "[::1]:0".parse().expect("addr"),
+        vec![Target::new("127.0.0.1", echo.addr.port())],
+    )
+    .with_options(options);
+    let addr = apply_one(&table, route).await;
+    let mut first = within("connect", TcpStream::connect(addr)).await.expect("connect over ::1");
+    echo_once(&mut first, b"1").await;
+    let mut second = within("connect", TcpStream::connect(addr)).await.expect("connect over ::1");
+    expect_closed(&mut second).await;
+    assert_eq!(status_of(&table, "ssh").stats.limited, 1);
+    table.shutdown().await;
+}
