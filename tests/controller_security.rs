@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, tcp_echo_eventually};
+use dockward_tests::docker::{
+    ContainerSpec, DockwardWithDocker, TestEngine, engine_socket, free_tcp_port, tcp_echo_eventually,
+};
 use dockward_tests::dockward::Dockward;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
@@ -137,14 +139,6 @@ async fn filter(req: Request<Incoming>, upstream: &Path, record: &Mutex<Vec<Seen
     match forwarded.await {
         Ok(resp) => resp.map(|body| body.boxed()),
         Err(e) => plain(StatusCode::BAD_GATEWAY, format!("engine: {e}\n")),
-    }
-}
-
-/// The engine's unix socket, from DOCKER_HOST or the default.
-fn engine_socket() -> Option<PathBuf> {
-    match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.is_empty() => host.strip_prefix("unix://").map(PathBuf::from),
-        _ => Some(PathBuf::from("/var/run/docker.sock")),
     }
 }
 

@@ -13,35 +13,18 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use dockward_tests::dockward::{DEADLINE, Dockward, connect, connect_from, echo_server, poll, round_trip};
+use dockward_tests::haproxy::haproxy_bin;
 use proxy_core::proxy_protocol::{Parsed, Version, parse_header};
 
 /// The client's own address: not 127.0.0.1, so it cannot be confused with HAProxy or dockward.
 const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-/// The HAProxy executable, or `None` (after printing SKIP) when it is missing and not required.
-fn haproxy_bin(test: &str) -> Option<PathBuf> {
-    let found = ["haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|bin| Command::new(bin).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
-    if found.is_none() {
-        let required = std::env::var("DOCKWARD_REQUIRE_HAPROXY").is_ok_and(|v| v == "1" || v == "true");
-        assert!(!required, "DOCKWARD_REQUIRE_HAPROXY=1 but no haproxy executable (apt-get install haproxy)");
-        dockward_tests::skip::skip(
-            "haproxy",
-            test,
-            "haproxy is not installed (apt-get install haproxy; .ci/run installs it)",
-        );
-    }
-    found
-}
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {

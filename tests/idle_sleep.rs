@@ -6,59 +6,16 @@
 //! listening on loopback. Nothing is pulled; all traffic stays on 127.0.0.1. Each test starts
 //! its own dockward with `--allow-container-control`, watching only its own containers.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, docker_cli, docker_required, free_tcp_port, free_udp_port,
-};
+use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, free_tcp_port, free_udp_port};
 use dockward_tests::dockward::{http_get, poll};
-
-/// A container must be put to sleep within this after its idle timeout.
-const SLEEP_WITHIN: Duration = Duration::from_secs(30);
-/// A woken container must answer within this (a start takes well under a second here).
-const ANSWER_WITHIN: Duration = Duration::from_secs(30);
-const CONTROL: &[&str] = &["--allow-container-control"];
-
-/// The engine, when there is one and the host has the servers the tests run; else SKIP (a
-/// failure when the run requires Docker: `scripts/start-dockerd.sh` installs them).
-async fn engine(case: &str) -> Option<TestEngine> {
-    let engine = TestEngine::connect(case).await?;
-    for server in ["/usr/bin/redis-server", "/usr/sbin/dnsmasq"] {
-        if !std::path::Path::new(server).exists() {
-            assert!(!docker_required(), "{server} is missing; scripts/start-dockerd.sh installs it");
-            dockward_tests::skip::skip("docker", case, format!("{server} is missing; run scripts/start-dockerd.sh"));
-            return None;
-        }
-    }
-    Some(engine)
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// redis on 127.0.0.1:`port`, sleeping when idle.
-fn redis(port: u16, labels: &[(&str, &str)]) -> ContainerSpec {
-    ContainerSpec {
-        cmd: [
-            "/usr/bin/redis-server",
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .map(String::from)
-        .to_vec(),
-        host_libs: true,
-        ..ContainerSpec::sleeper("redis", labels)
-    }
-}
+use dockward_tests::idle::{
+    ANSWER_WITHIN, CONTROL, SLEEP_WITHIN, engine, events, labels, loopback, now_secs, ping, ping_on, redis, refs,
+    state_of, wait_state,
+};
 
 /// dnsmasq on 127.0.0.1:`port` answering `wake.test` with 10.9.8.7.
 fn dnsmasq(port: u16, labels: &[(&str, &str)]) -> ContainerSpec {
@@ -80,71 +37,6 @@ fn dnsmasq(port: u16, labels: &[(&str, &str)]) -> ContainerSpec {
     ContainerSpec { cmd: args.map(String::from).to_vec(), host_libs: true, ..ContainerSpec::sleeper("dns", labels) }
 }
 
-/// The engine's word for the container's state (`running`, `exited`, `paused`).
-fn state_of(id: &str) -> String {
-    let out = docker_cli(None).args(["inspect", "-f", "{{.State.Status}}", id]).output().expect("docker inspect");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn wait_state(id: &str, want: &str, limit: Duration, dockward: &DockwardWithDocker) {
-    let give_up = Instant::now() + limit;
-    loop {
-        let now = state_of(id);
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "container never became {want} (is {now}) within {limit:?}; log:\n{}",
-            dockward.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The container actions (`start`, `stop`, `die`, `pause`, `unpause`) the engine logged for
-/// `ids` since `since` (seconds), in order, as `(id, action)`.
-fn events(ids: &[&str], since: u64) -> Vec<(String, String)> {
-    let until = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() + 1).unwrap_or(0);
-    let mut cmd = docker_cli(None);
-    cmd.args([
-        "events",
-        "--since",
-        &since.to_string(),
-        "--until",
-        &until.to_string(),
-        "--format",
-        "{{.Actor.ID}} {{.Action}}",
-    ]);
-    for id in ids {
-        cmd.args(["--filter", &format!("container={id}")]);
-    }
-    cmd.args(["--filter", "type=container"]);
-    let out = cmd.output().expect("docker events");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(id, a)| (id.to_string(), a.to_string())))
-        .collect()
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// One redis `PING` over a fresh connection, on the first try: the answer, or the error.
-fn ping(addr: SocketAddr) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(ANSWER_WITHIN)).map_err(|e| e.to_string())?;
-    ping_on(&mut s)
-}
-
-fn ping_on(s: &mut TcpStream) -> Result<String, String> {
-    s.write_all(b"PING\r\n").map_err(|e| format!("write: {e}"))?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
-    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-}
-
 /// One DNS query for `wake.test` A, sent once: the answer's address, or the error.
 fn dig(addr: SocketAddr) -> Result<[u8; 4], String> {
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -163,19 +55,6 @@ fn dig(addr: SocketAddr) -> Result<[u8; 4], String> {
 fn metric(dockward: &DockwardWithDocker, line_start: &str) -> Option<f64> {
     let (_, body) = http_get(&dockward.admin, "/metrics").ok()?;
     body.lines().find(|l| l.starts_with(line_start))?.rsplit(' ').next()?.parse().ok()
-}
-
-/// Labels of a route `alias` on `listen` → `target`, sleeping after `idle`.
-fn labels(alias: &str, port: &str, idle: &str) -> Vec<(String, String)> {
-    vec![
-        ("proxy.aliases".into(), alias.into()),
-        (format!("proxy.{alias}.port"), port.into()),
-        ("proxy.idle_timeout".into(), idle.into()),
-    ]
-}
-
-fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

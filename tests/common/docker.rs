@@ -96,6 +96,15 @@ pub fn docker_required() -> bool {
     std::env::var("DOCKWARD_REQUIRE_DOCKER").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// The engine's unix socket, from DOCKER_HOST or the default; `None` when DOCKER_HOST is not
+/// a unix socket (a proxy in front of the engine forwards to one).
+pub fn engine_socket() -> Option<std::path::PathBuf> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => host.strip_prefix("unix://").map(std::path::PathBuf::from),
+        _ => Some(std::path::PathBuf::from("/var/run/docker.sock")),
+    }
+}
+
 /// What to run in a test container.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerSpec {

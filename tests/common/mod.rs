@@ -10,10 +10,14 @@
 //! - `private_engine`: a second dockerd of the test's own, to stop and start at will.
 //! - `load`: checksummed TCP streams and sequence-numbered UDP datagrams, for load tests.
 //! - `swarm`: a single-node Docker Swarm that is left at the end, and test services.
+//! - `haproxy`: the host's HAProxy, or a skip.
+//! - `idle`: a redis server to put to sleep and wake, and the engine's record of it.
 //! - `skip`: printing SKIP and recording it for `make test`'s summary of what did not run.
 
 pub mod docker;
 pub mod dockward;
+pub mod haproxy;
+pub mod idle;
 pub mod load;
 pub mod podman;
 pub mod private_engine;
