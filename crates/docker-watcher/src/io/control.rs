@@ -135,8 +135,11 @@ async fn drive(sleeper: Arc<Sleeper>, control: Arc<Control>) {
                     for dep in started_deps.drain(..).rev() {
                         let stop = StopContainerOptions { t: Some(stop_secs(config.stop_timeout)), signal: None };
                         let id = dep.as_str();
+                        let patience = control.timeout + config.stop_timeout;
                         let stopped = control
-                            .call("stopping", id, |d| async move { d.stop_container(id, Some(stop)).await })
+                            .call("stopping", id, |d| async move {
+                                d.with_timeout(patience).stop_container(id, Some(stop)).await
+                            })
                             .await;
                         if let Err(e) = stopped {
                             warn!(container = %sleeper.name, error = %e, "stopping a dependency failed");
@@ -194,26 +197,35 @@ async fn put_to_sleep(control: &Control, id: &str, config: &IdleConfig) -> Resul
             let kill = KillContainerOptions { signal };
             control.call("killing", id, |d| async move { d.kill_container(id, Some(kill)).await }).await
         }
-        StopMethod::Stop => match &config.stop_signal {
-            // The engine's stop takes a signal only from API 1.42: send it, wait, then kill.
-            Some(signal) => {
-                let kill = KillContainerOptions { signal: format!("SIG{signal}") };
-                control.call("signalling", id, |d| async move { d.kill_container(id, Some(kill)).await }).await?;
-                let deadline = Instant::now() + config.stop_timeout;
-                while Instant::now() < deadline {
-                    if !is_running(&control.inspect(id).await?) {
-                        return Ok(());
+        StopMethod::Stop => {
+            match &config.stop_signal {
+                // The engine's stop takes a signal only from API 1.42: send it, wait, then kill.
+                Some(signal) => {
+                    let kill = KillContainerOptions { signal: format!("SIG{signal}") };
+                    control.call("signalling", id, |d| async move { d.kill_container(id, Some(kill)).await }).await?;
+                    let deadline = Instant::now() + config.stop_timeout;
+                    while Instant::now() < deadline {
+                        if !is_running(&control.inspect(id).await?) {
+                            return Ok(());
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let kill = KillContainerOptions::default();
+                    control.call("killing", id, |d| async move { d.kill_container(id, Some(kill)).await }).await
                 }
-                let kill = KillContainerOptions::default();
-                control.call("killing", id, |d| async move { d.kill_container(id, Some(kill)).await }).await
+                None => {
+                    let stop = StopContainerOptions { t: Some(stop_secs(config.stop_timeout)), signal: None };
+                    // The engine answers once the process is gone, up to stop_timeout later: the
+                    // request may take that long, whatever the usual request timeout.
+                    let patience = control.timeout + config.stop_timeout;
+                    control
+                        .call("stopping", id, |d| async move {
+                            d.with_timeout(patience).stop_container(id, Some(stop)).await
+                        })
+                        .await
+                }
             }
-            None => {
-                let stop = StopContainerOptions { t: Some(stop_secs(config.stop_timeout)), signal: None };
-                control.call("stopping", id, |d| async move { d.stop_container(id, Some(stop)).await }).await
-            }
-        },
+        }
     }
 }
 
