@@ -39,12 +39,13 @@ mod targets;
 mod views;
 
 pub use config::{
-    DEFAULT_DOCKER_HOST, DockerConfig, EngineAddress, OwnContainer, PODMAN_ROOTFUL_SOCKET, check_engines,
-    effective_host, pick_engine,
+    DEFAULT_DOCKER_HOST, DockerConfig, EngineAddress, EngineTls, OwnContainer, PODMAN_ROOTFUL_SOCKET, check_engines,
+    effective_host, pick_engine, resolve_engines,
 };
 pub use error::WatchError;
 pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
 pub use io::engine::detect_own_container_id;
+pub use io::tls::{CA_FILE, CERT_FILE, KEY_FILE};
 pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, parse_labels};
 pub use snapshot::DockerSnapshot;
@@ -87,7 +88,7 @@ pub async fn check_container(
     name: &str,
 ) -> Result<(ContainerView, ContainerRoutes), WatchError> {
     let host = config.effective_host();
-    let docker = io::engine::connect(&host, config.request_timeout).await?;
+    let docker = io::engine::connect(&host, config.tls.as_deref(), config.request_timeout).await?.docker;
     let facts = io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;

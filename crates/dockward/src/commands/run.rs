@@ -51,8 +51,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         providers.push(providers::file::spawn(path, file_options.clone(), shutdown.child_token())?);
     }
-    let docker =
-        DockerOptions { disabled: args.no_docker, hosts: args.docker_host, label_filters: args.docker_label_filter };
+    let docker = DockerOptions {
+        disabled: args.no_docker,
+        hosts: args.docker_host,
+        label_filters: args.docker_label_filter,
+        tls: args.docker_tls,
+    };
     if let Some(provider) = providers::docker::spawn(&docker, shutdown.child_token())? {
         providers.push(provider);
     }
