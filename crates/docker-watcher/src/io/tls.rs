@@ -88,8 +88,11 @@ impl TlsEngine {
             (true, true) => {
                 let chain = read_certs(&cert)?;
                 let key_der = read_key(&key)?;
-                let config = builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                    format!("{} with {}: not a usable certificate and key: {e}", cert.display(), key.display())
+                let config = builder.with_client_auth_cert(chain, key_der).map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                        format!("{}: not the key of {}", key.display(), cert.display())
+                    }
+                    e => format!("{} with {}: not a usable certificate and key: {e}", cert.display(), key.display()),
                 })?;
                 (config, true)
             }
