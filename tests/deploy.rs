@@ -25,6 +25,7 @@ use dockward_tests::dockward::{bin, http_get, workspace_root};
 /// How many routes each compose file's labels make (as its header comment says), in file name
 /// order. A new compose file under deploy/ or examples/labels/ needs a line here.
 const EXPECTED_ROUTES: &[(&str, usize)] = &[
+    ("deploy/docker-compose.remote-host.yml", 0),
     ("deploy/docker-compose.socket-proxy.yml", 0),
     // ssh 1, dns 1, minecraft tcp+udp 2.
     ("deploy/docker-compose.yml", 4),
