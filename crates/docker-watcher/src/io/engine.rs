@@ -22,6 +22,7 @@ use crate::views::{
 
 /// A connected engine: the bollard client, and for a TLS engine what bare requests
 /// ([`crate::io::http`]) dial it with.
+#[derive(Debug)]
 pub(crate) struct Connected {
     /// The client, its API version negotiated.
     pub(crate) docker: Docker,

@@ -313,4 +313,98 @@ mod tests {
         let err = TlsEngine::load("tcp://127.0.0.1:2376", Path::new("/nonexistent/certs")).unwrap_err();
         assert!(err.starts_with("/nonexistent/certs/ca.pem: No such file or directory"), "{err}");
     }
+
+    /// A CA, an engine certificate for 127.0.0.1 (PEM, with its key) and client sets (docker
+    /// CLI layout) under `dir`: `good/` signed by the CA, `foreign/` by another CA.
+    fn certificates(dir: &Path) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |issuer: &CertifiedIssuer<'static, KeyPair>, names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            (CertificateParams::new(names).unwrap().signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
+        };
+        let (ours, other) = (ca("ours"), ca("other"));
+        let (server_cert, server_key) = leaf(&ours, vec!["127.0.0.1".into()]);
+        for (set, issuer) in [("good", &ours), ("foreign", &other)] {
+            let (cert, key) = leaf(issuer, Vec::new());
+            std::fs::create_dir_all(dir.join(set)).unwrap();
+            std::fs::write(dir.join(set).join(CA_FILE), ours.pem()).unwrap();
+            std::fs::write(dir.join(set).join(CERT_FILE), cert).unwrap();
+            std::fs::write(dir.join(set).join(KEY_FILE), key).unwrap();
+        }
+        (ours.pem(), server_cert, server_key)
+    }
+
+    /// A TLS front on 127.0.0.1 for the mock engine's unix socket, requiring a client
+    /// certificate of the CA `ca_pem`, as `dockerd --tlsverify` does. Returns its URL.
+    async fn tls_front(engine: &crate::mock_engine::MockEngine, ca_pem: &str, cert: &str, key: &str) -> String {
+        use rustls::server::WebPkiClientVerifier;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = engine.host.strip_prefix("unix://").unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, socket) = (acceptor.clone(), socket.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut unix).await;
+                });
+            }
+        });
+        format!("tcp://{addr}")
+    }
+
+    #[tokio::test]
+    async fn bollard_and_bare_requests_go_over_tls_and_a_refused_client_certificate_is_told() {
+        use crate::io::http::RawClient;
+        let engine = crate::mock_engine::MockEngine::start(&[
+            ("/containers/json", 200, serde_json::json!([])),
+            ("/tasks", 200, serde_json::json!([{"ID": "t1"}])),
+        ]);
+        let dir = std::env::temp_dir().join(format!("dockward-tls-unit-{}", std::process::id()));
+        let (ca, cert, key) = certificates(&dir);
+        let url = tls_front(&engine, &ca, &cert, &key).await;
+        let timeout = Duration::from_secs(5);
+
+        // The right certificates: bollard negotiates and lists; the bare GET reads /tasks.
+        let connected = crate::io::engine::connect(&url, Some(&dir.join("good")), timeout).await.unwrap();
+        assert_eq!(connected.docker.client_version().to_string(), "1.41");
+        assert!(connected.docker.list_containers(None).await.unwrap().is_empty());
+        let raw = RawClient::new(&url, "1.41".into(), timeout, connected.tls.clone());
+        let tasks: serde_json::Value = raw.get_json("tasks", "/tasks", &[("filters", "{}")]).await.unwrap();
+        assert_eq!(tasks, serde_json::json!([{"ID": "t1"}]));
+        assert!(engine.asked("/tasks?filters=%7B%7D"), "{:?}", engine.requests);
+
+        // A client certificate of another CA: the engine's refusal, in words.
+        let err = crate::io::engine::connect(&url, Some(&dir.join("foreign")), timeout).await.unwrap_err().chain();
+        let cert = dir.join("foreign").join(CERT_FILE);
+        let says = format!("TLS: the engine refused dockward's client certificate {}", cert.display());
+        assert!(err.starts_with(&format!("cannot reach the Docker engine at {url}: {says}")), "{err}");
+        let foreign = Arc::new(TlsEngine::load(&url, &dir.join("foreign")).unwrap());
+        let raw = RawClient::new(&url, "1.41".into(), timeout, Some(foreign));
+        let err = raw.get_json::<serde_json::Value>("tasks", "/tasks", &[]).await.unwrap_err().to_string();
+        assert!(err.contains(&says), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
