@@ -14,7 +14,7 @@
 //! The crate opens no socket of its own besides the engine connection: the binary hands the
 //! routes to proxy-core's `RouteTable::apply`.
 //!
-//! Layout: everything that talks to the engine lives under `io/` (connect, list, inspect,
+//! Layout: everything that talks to the engine lives under `io/` (connect, TLS, list, inspect,
 //! event streams, the session and the watcher loop); every other module is pure and is
 //! tested without an engine: `labels` and `swarm` (labels to routes), `views` (engine
 //! answers to views), `events` (which events matter), `memory` (the snapshot's entries and
