@@ -27,6 +27,7 @@ use dockward_tests::dockward::{bin, http_get, workspace_root};
 const EXPECTED_ROUTES: &[(&str, usize)] = &[
     // postgres 1, sleeping when idle.
     ("deploy/docker-compose.idle-sleep.yml", 1),
+    ("deploy/docker-compose.remote-host.yml", 0),
     ("deploy/docker-compose.socket-proxy.yml", 0),
     // ssh 1, dns 1, minecraft tcp+udp 2.
     ("deploy/docker-compose.yml", 4),

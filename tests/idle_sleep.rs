@@ -64,7 +64,7 @@ async fn redis_sleeps_when_idle_and_the_first_ping_wakes_it() {
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "2s");
     let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "redis", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     assert_eq!(ping(loopback(listen)).as_deref(), Ok("+PONG"), "awake: served");
 
@@ -99,7 +99,7 @@ async fn a_connected_quiet_client_keeps_the_container_up() {
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
     let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "redis", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     let mut conn = poll("a connection through the route", ANSWER_WITHIN, || {
         let mut s = TcpStream::connect(loopback(listen)).ok()?;
@@ -122,7 +122,7 @@ async fn fifty_clients_at_a_sleeping_container_cause_one_start_and_are_all_serve
     let l = labels("redis", &port, "1s");
     // Created, never started: dockward lists it and binds its port asleep.
     let c = engine.create(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let since = now_secs();
     let clients: Vec<_> = (0..50).map(|_| std::thread::spawn(move || ping(loopback(listen)))).collect();
@@ -143,7 +143,7 @@ async fn stop_method_pause_pauses_and_unpauses() {
     let mut l = labels("redis", &port, "1s");
     l.push(("proxy.stop_method".into(), "pause".into()));
     let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     wait_state(&c.id, "paused", SLEEP_WITHIN, &dockward);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let since = now_secs();
@@ -163,7 +163,7 @@ async fn depends_on_starts_the_dependency_first() {
     let mut l = labels("redis", &port, "1s");
     l.push(("proxy.depends_on".into(), dep.name.clone()));
     let c = engine.create(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let since = now_secs();
     assert_eq!(ping(loopback(listen)).as_deref(), Ok("+PONG"));
@@ -183,7 +183,7 @@ async fn a_target_that_never_listens_closes_held_clients_at_wake_timeout() {
     let mut l = labels("app", &port, "1s");
     l.push(("proxy.wake_timeout".into(), "2s".into()));
     let c = engine.create(&ContainerSpec::sleeper("mute", &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "app", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let began = Instant::now();
     let mut s = TcpStream::connect(loopback(listen)).expect("accepted, not refused");
@@ -214,7 +214,7 @@ async fn dnsmasq_sleeps_and_the_first_query_is_answered() {
         ("proxy.idle_timeout".to_string(), "2s".to_string()),
     ];
     let c = engine.run(&dnsmasq(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "dns", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     wait_state(&c.id, "exited", SLEEP_WITHIN, &dockward);
     dockward.wait_row(&c.name, "dns", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
@@ -232,13 +232,13 @@ async fn restarted_while_asleep_dockward_binds_again_and_wakes_it() {
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
     let c = engine.run(&redis(target, &refs(&l))).await;
-    let first = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let first = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     wait_state(&c.id, "exited", SLEEP_WITHIN, &first);
     drop(first);
     // Events are filtered by whole seconds: start after the second the stop fell in.
     let since = now_secs() + 1;
     std::thread::sleep(Duration::from_millis(1100));
-    let second = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let second = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     second.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     // Past its idle timeout again, asleep: it is not stopped a second time.
     std::thread::sleep(Duration::from_millis(1500));
@@ -254,7 +254,7 @@ async fn a_container_removed_while_asleep_frees_its_port() {
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
     let c = engine.create(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     c.remove().await;
     dockward.wait_gone(&c.name, "redis", SLEEP_WITHIN);
@@ -268,7 +268,7 @@ async fn without_the_flag_idle_labels_are_an_error_row_naming_it() {
     let port = format!("{listen}:{target}");
     let l = labels("redis", &port, "1s");
     let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with(engine.host.as_deref(), &engine.case, None, &[]);
+    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, &[]);
     dockward.wait_row(&c.name, "redis", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     let errors = poll("the error row", SLEEP_WITHIN, || {
         let rows = dockward.routes();

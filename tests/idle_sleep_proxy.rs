@@ -287,7 +287,7 @@ async fn idle_sleep_works_through_the_deploy_proxy_which_refuses_other_writes() 
         sleepers.push((c, listen, asleep));
     }
     let since = now_secs();
-    let dockward = DockwardWithDocker::start_with(Some(&proxy.host()), case, None, CONTROL);
+    let dockward = DockwardWithDocker::start_with_args(Some(&proxy.host()), case, None, CONTROL);
 
     for (c, listen, asleep) in &sleepers {
         wait_state(&c.id, asleep, SLEEP_WITHIN, &dockward);

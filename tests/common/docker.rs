@@ -561,11 +561,12 @@ impl DockwardWithDocker {
     /// Like [`DockwardWithDocker::start`], talking to the engine at `docker_host` (`None`: the
     /// local socket) and seeing only the containers of test case `case`.
     pub fn start_at(docker_host: Option<&str>, case: &str, routes_yaml: Option<&str>) -> Self {
-        Self::start_with(docker_host, case, routes_yaml, &[])
+        Self::start_with_args(docker_host, case, routes_yaml, &[])
     }
 
-    /// Like [`DockwardWithDocker::start_at`], with more arguments to `dockward run`.
-    pub fn start_with(docker_host: Option<&str>, case: &str, routes_yaml: Option<&str>, args: &[&str]) -> Self {
+    /// Like [`DockwardWithDocker::start_at`], with `args` added to `dockward run`
+    /// (`--docker-tls nas=DIR`, say).
+    pub fn start_with_args(docker_host: Option<&str>, case: &str, routes_yaml: Option<&str>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = crate::dockward::command();
         cmd.env("DOCKWARD_DOCKER_LABEL_FILTER", format!("{RUN_LABEL}={},{CASE_LABEL}={case}", run_id()));

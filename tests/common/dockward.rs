@@ -56,12 +56,13 @@ fn build_bin() -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo reported no dockward executable".to_string())
 }
 
-/// A `dockward` command with a clean environment: no admin address, Docker host, global
-/// ACL or log filter inherited from the machine running the tests.
+/// A `dockward` command with a clean environment: no admin address, Docker host, TLS
+/// setting, global ACL or log filter inherited from the machine running the tests.
 pub fn command() -> Command {
     let mut cmd = Command::new(bin());
     cmd.env_remove("DOCKWARD_ADMIN").env_remove("DOCKER_HOST").env_remove("RUST_LOG");
     cmd.env_remove("DOCKWARD_ALLOW").env_remove("DOCKWARD_DENY").env_remove("DOCKWARD_DOCKER_LABEL_FILTER");
+    cmd.env_remove("DOCKWARD_DOCKER_TLS").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH");
     cmd
 }
 

@@ -4,7 +4,10 @@
 //! which other tests use at the same time.
 //!
 //! It runs like the machine's (scripts/start-dockerd.sh): no iptables rules, no default
-//! bridge; test containers use the host's network and listen on loopback. Starting one
+//! bridge; test containers use the host's network and listen on loopback. Its API may also
+//! listen on loopback TCP, plain ([`PrivateEngine::start_with_tcp`]) or with TLS and client
+//! certificates required ([`PrivateEngine::start_with_tls`]); the unix socket stays plain, so
+//! the test's own client always reaches it. Starting one
 //! needs root and a `dockerd` on PATH; [`PrivateEngine::available`] tells whether this run
 //! can, so a test can skip (or fail under DOCKWARD_REQUIRE_DOCKER=1).
 //!
@@ -25,8 +28,11 @@ pub struct PrivateEngine {
     /// Its API address, `unix:///tmp/.../docker.sock`.
     pub host: String,
     /// Its API on loopback TCP too, `tcp://127.0.0.1:PORT`, when started with
-    /// [`PrivateEngine::start_with_tcp`].
+    /// [`PrivateEngine::start_with_tcp`] or [`PrivateEngine::start_with_tls`].
     pub tcp: Option<String>,
+    /// The directory of its TLS files (`ca.pem`, `cert.pem`, `key.pem`) when its TCP API
+    /// speaks TLS.
+    tls: Option<PathBuf>,
 }
 
 impl PrivateEngine {
@@ -47,16 +53,23 @@ impl PrivateEngine {
 
     /// Starts a daemon in a fresh directory and waits until it answers.
     pub fn start() -> PrivateEngine {
-        Self::start_inner(false)
+        Self::start_inner(false, None)
     }
 
     /// Like [`PrivateEngine::start`], with the API also on `tcp://127.0.0.1:PORT` (a port
     /// free a moment ago; plain HTTP, loopback only), kept across restarts.
     pub fn start_with_tcp() -> PrivateEngine {
-        Self::start_inner(true)
+        Self::start_inner(true, None)
     }
 
-    fn start_inner(tcp: bool) -> PrivateEngine {
+    /// Like [`PrivateEngine::start_with_tcp`], with TLS on that port as `dockerd --tlsverify`
+    /// serves it: its certificate and key are `dir`'s `cert.pem` and `key.pem`, and clients
+    /// must present a certificate signed by `dir`'s `ca.pem` (see [`crate::certs`]).
+    pub fn start_with_tls(dir: &Path) -> PrivateEngine {
+        Self::start_inner(true, Some(dir.to_path_buf()))
+    }
+
+    fn start_inner(tcp: bool, tls: Option<PathBuf>) -> PrivateEngine {
         sweep_stale();
         // Short: the daemon's and containerd's unix socket paths must fit in 108 bytes.
         let dir = Path::new("/tmp").join(crate::docker::unique_name("eng"));
@@ -65,7 +78,7 @@ impl PrivateEngine {
         std::fs::write(dir.join("daemon.json"), "{}\n").expect("daemon.json");
         let host = format!("unix://{}", dir.join("docker.sock").display());
         let tcp = tcp.then(|| format!("tcp://127.0.0.1:{}", crate::docker::free_tcp_port()));
-        let mut engine = PrivateEngine { dir, child: None, host, tcp };
+        let mut engine = PrivateEngine { dir, child: None, host, tcp, tls };
         engine.start_daemon();
         engine
     }
@@ -101,6 +114,18 @@ impl PrivateEngine {
             .arg(d.join("docker.pid"))
             .args(["-H", &self.host])
             .args(self.tcp.iter().flat_map(|tcp| ["-H", tcp.as_str()]))
+            .args(self.tls.iter().flat_map(|tls| {
+                let file = |name: &str| tls.join(name).into_os_string();
+                [
+                    "--tlsverify".into(),
+                    "--tlscacert".into(),
+                    file("ca.pem"),
+                    "--tlscert".into(),
+                    file("cert.pem"),
+                    "--tlskey".into(),
+                    file("key.pem"),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("engine log"))
             .stderr(log)

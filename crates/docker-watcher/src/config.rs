@@ -1,6 +1,7 @@
 //! How to reach an engine and how patient to be with it: plain values, no I/O.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::targets::EngineSite;
@@ -54,6 +55,11 @@ pub struct DockerConfig {
     /// `proxy.idle_timeout` (and their `depends_on`). Off (the default): dockward only reads
     /// the engine, and idle labels are an error row naming `--allow-container-control`.
     pub container_control: bool,
+    /// TLS: the directory holding `ca.pem` (the CA that signed the engine's certificate),
+    /// `cert.pem` and `key.pem` (dockward's client certificate; both or neither), as the
+    /// docker CLI's `DOCKER_CERT_PATH`. `None` (the default): no TLS. [`resolve_engines`]
+    /// fills it from `--docker-tls`, `DOCKER_TLS_VERIFY` and `https://` addresses.
+    pub tls: Option<PathBuf>,
 }
 
 impl Default for DockerConfig {
@@ -69,6 +75,7 @@ impl Default for DockerConfig {
             label_filters: Vec::new(),
             site: EngineSite::Local,
             container_control: false,
+            tls: None,
         }
     }
 }
@@ -101,8 +108,12 @@ pub struct EngineAddress {
     /// The engine's name: shown before its containers' names (`nas/minecraft`) when several
     /// engines are watched, and used by `dockward check --container nas/minecraft`.
     pub name: Option<String>,
-    /// `unix:///path`, `tcp://host:port`, `http://host:port`, or a socket path.
+    /// `unix:///path`, `tcp://host:port`, `http://host:port`, `https://host:port`, or a
+    /// socket path.
     pub url: String,
+    /// The engine's TLS certificate directory ([`DockerConfig::tls`]); `None`: no TLS.
+    /// [`EngineAddress::parse`] leaves it `None`; [`resolve_engines`] settles it.
+    pub tls: Option<PathBuf>,
 }
 
 impl EngineAddress {
@@ -114,14 +125,23 @@ impl EngineAddress {
             _ => (None, arg),
         };
         if let Some(name) = name
-            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            && !valid_engine_name(name)
         {
             return Err(format!("engine name {name:?}: use letters, digits, '_', '.' and '-' (NAME=URL)"));
         }
         if url.is_empty() {
             return Err("no engine URL, e.g. unix:///var/run/docker.sock or nas=tcp://10.0.0.5:2375".to_string());
         }
-        Ok(EngineAddress { name: name.map(str::to_string), url: url.to_string() })
+        Ok(EngineAddress { name: name.map(str::to_string), url: url.to_string(), tls: None })
+    }
+
+    /// The engine as messages name it: `engine "nas" (tcp://10.0.0.5:2376)`, or its URL alone
+    /// when it has no name.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("engine {name:?} ({})", self.url),
+            None => self.url.clone(),
+        }
     }
 
     /// Where the engine runs. A named engine reached over `tcp://`, `http://` or `https://` at
@@ -147,8 +167,130 @@ impl EngineAddress {
 
     /// The watcher configuration for this engine (defaults otherwise).
     pub fn config(&self) -> DockerConfig {
-        DockerConfig { host: Some(self.url.clone()), site: self.site(), ..Default::default() }
+        DockerConfig { host: Some(self.url.clone()), site: self.site(), tls: self.tls.clone(), ..Default::default() }
     }
+}
+
+/// Whether `name` may name an engine: letters, digits, `_`, `.` and `-`.
+fn valid_engine_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// One `--docker-tls` value: `DIR`, or `NAME=DIR` for the engine named `NAME`. `DIR` holds
+/// `ca.pem`, `cert.pem` and `key.pem`, as the docker CLI's `DOCKER_CERT_PATH`.
+///
+/// ```
+/// use docker_watcher::EngineTls;
+///
+/// let nas = EngineTls::parse("nas=/etc/dockward/nas").unwrap();
+/// assert_eq!((nas.engine.as_deref(), nas.dir.to_str()), (Some("nas"), Some("/etc/dockward/nas")));
+/// assert_eq!(EngineTls::parse("/certs").unwrap().engine, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTls {
+    /// The engine it is for; `None`: the one engine that has no name.
+    pub engine: Option<String>,
+    /// The certificate directory.
+    pub dir: PathBuf,
+}
+
+impl EngineTls {
+    /// Reads `DIR` or `NAME=DIR` (a `NAME` has no `/`; a path with `=` starts with `/` or `.`).
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let arg = arg.trim();
+        let (engine, dir) = match arg.split_once('=') {
+            Some((name, dir)) if !name.contains('/') && !name.starts_with('.') => (Some(name.trim()), dir.trim()),
+            _ => (None, arg),
+        };
+        if let Some(name) = engine
+            && !valid_engine_name(name)
+        {
+            return Err(format!("engine name {name:?}: use letters, digits, '_', '.' and '-' (NAME=DIR)"));
+        }
+        if dir.is_empty() {
+            return Err("no certificate directory, e.g. /etc/docker-certs or nas=/etc/docker-certs/nas".to_string());
+        }
+        Ok(EngineTls { engine: engine.map(str::to_string), dir: PathBuf::from(dir) })
+    }
+}
+
+/// The engines to watch, each with its TLS settled: `hosts` (none: the one engine
+/// [`effective_host`] finds), named apart when there are several ([`check_engines`]), then
+///
+/// 1. `tls` (`--docker-tls [NAME=]DIR`) gives an engine its certificate directory; the
+///    engine must be reached over `tcp://` or `https://`;
+/// 2. an `https://` engine without one, and every `tcp://` engine when `DOCKER_TLS_VERIFY` is
+///    set (non-empty, as the docker CLI reads it), use `DOCKER_CERT_PATH`, else
+///    `$DOCKER_CONFIG`, else `~/.docker`;
+/// 3. `http://`, `unix://` and socket paths stay plain.
+///
+/// The error names the flag value or variable at fault. Only the directory is settled here;
+/// its files are read at each connect, so a missing one is an error of that engine, retried.
+pub fn resolve_engines(hosts: &[EngineAddress], tls: &[EngineTls]) -> Result<Vec<EngineAddress>, String> {
+    settle_engines(hosts, tls, |name| std::env::var(name).ok(), |path| std::path::Path::new(path).exists())
+}
+
+/// [`resolve_engines`] with the environment and the file system as arguments, for tests.
+pub(crate) fn settle_engines(
+    hosts: &[EngineAddress],
+    tls: &[EngineTls],
+    env: impl Fn(&str) -> Option<String>,
+    exists: impl Fn(&str) -> bool,
+) -> Result<Vec<EngineAddress>, String> {
+    let mut engines = hosts.to_vec();
+    if engines.is_empty() {
+        engines.push(EngineAddress { name: None, url: choose_host(None, &env, exists), tls: None });
+    }
+    check_engines(&engines)?;
+    let names =
+        |engines: &[EngineAddress]| engines.iter().filter_map(|e| e.name.clone()).collect::<Vec<_>>().join(", ");
+    for t in tls {
+        let given = match &t.engine {
+            Some(name) => format!("--docker-tls {name}={}", t.dir.display()),
+            None => format!("--docker-tls {}", t.dir.display()),
+        };
+        let all = names(&engines);
+        let Some(engine) = engines.iter_mut().find(|e| e.name == t.engine) else {
+            return Err(match &t.engine {
+                Some(name) => format!("{given}: no engine named {name:?} (engines: {all})"),
+                None => format!("{given}: several engines are watched; write NAME=DIR (engines: {all})"),
+            });
+        };
+        if engine.tls.is_some() {
+            return Err(format!("{given}: {} has its certificates given twice", engine.describe()));
+        }
+        if !["tcp://", "https://"].iter().any(|s| engine.url.starts_with(s)) {
+            return Err(format!(
+                "{given}: {} is not reached over tcp:// or https://; TLS needs tcp://HOST:PORT",
+                engine.describe()
+            ));
+        }
+        engine.tls = Some(t.dir.clone());
+    }
+    let verify = env("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty());
+    for engine in engines.iter_mut().filter(|e| e.tls.is_none()) {
+        let https = engine.url.starts_with("https://");
+        if https || (verify && engine.url.starts_with("tcp://")) {
+            let why = if https { "an https:// engine" } else { "DOCKER_TLS_VERIFY is set" };
+            engine.tls = Some(default_cert_dir(&env).ok_or_else(|| {
+                format!(
+                    "{}: {why}, but no certificate directory is known: set DOCKER_CERT_PATH or give --docker-tls",
+                    engine.describe()
+                )
+            })?);
+        }
+    }
+    Ok(engines)
+}
+
+/// The docker CLI's certificate directory: `DOCKER_CERT_PATH`, else `$DOCKER_CONFIG`, else
+/// `$HOME/.docker`.
+fn default_cert_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    set("DOCKER_CERT_PATH")
+        .or_else(|| set("DOCKER_CONFIG"))
+        .map(PathBuf::from)
+        .or_else(|| set("HOME").map(|home| PathBuf::from(home).join(".docker")))
 }
 
 /// Which engine `dockward check --container ARG` means: `ENGINE/NAME` names it; a bare
@@ -236,6 +378,82 @@ mod tests {
             |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
             |path| sockets.contains(&path),
         )
+    }
+
+    fn settle(hosts: &[&str], tls: &[&str], env: &[(&str, &str)]) -> Result<Vec<(String, Option<String>)>, String> {
+        let hosts: Vec<EngineAddress> = hosts.iter().map(|h| EngineAddress::parse(h).unwrap()).collect();
+        let tls: Vec<EngineTls> = tls.iter().map(|t| EngineTls::parse(t).unwrap()).collect();
+        let engines = settle_engines(
+            &hosts,
+            &tls,
+            |name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
+            |_| false,
+        )?;
+        Ok(engines.into_iter().map(|e| (e.url, e.tls.map(|d| d.display().to_string()))).collect())
+    }
+
+    #[test]
+    fn tls_comes_from_the_flag_then_https_and_docker_tls_verify_and_plain_schemes_stay_plain() {
+        let one = |url: &str, dir: Option<&str>| vec![(url.to_string(), dir.map(str::to_string))];
+        // --docker-tls for the unnamed engine, or for one named engine.
+        assert_eq!(settle(&["tcp://h:2376"], &["/c"], &[]), Ok(one("tcp://h:2376", Some("/c"))));
+        assert_eq!(
+            settle(&["nas=tcp://10.0.0.5:2376", "local=unix:///var/run/docker.sock"], &["nas=/c/nas"], &[]),
+            Ok(vec![
+                ("tcp://10.0.0.5:2376".to_string(), Some("/c/nas".to_string())),
+                ("unix:///var/run/docker.sock".to_string(), None)
+            ])
+        );
+        // https:// always, tcp:// with DOCKER_TLS_VERIFY: DOCKER_CERT_PATH, else DOCKER_CONFIG, else ~/.docker.
+        let home = [("HOME", "/home/u")];
+        assert_eq!(settle(&["https://h"], &[], &home), Ok(one("https://h", Some("/home/u/.docker"))));
+        assert_eq!(settle(&["tcp://h:2375"], &[], &home), Ok(one("tcp://h:2375", None)));
+        let verify = [("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", "/certs"), ("HOME", "/home/u")];
+        assert_eq!(settle(&["tcp://h:2376"], &[], &verify), Ok(one("tcp://h:2376", Some("/certs"))));
+        let config = [("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CONFIG", "/cfg"), ("HOME", "/home/u")];
+        assert_eq!(settle(&["tcp://h:2376"], &[], &config), Ok(one("tcp://h:2376", Some("/cfg"))));
+        // As the docker CLI reads it: any non-empty value turns it on; empty is off.
+        assert_eq!(settle(&["tcp://h"], &[], &[("DOCKER_TLS_VERIFY", "")]), Ok(one("tcp://h", None)));
+        // The default engine (DOCKER_HOST) follows DOCKER_TLS_VERIFY as the docker CLI's does.
+        let env = [("DOCKER_HOST", "tcp://h:2376"), ("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", "/certs")];
+        assert_eq!(settle(&[], &[], &env), Ok(one("tcp://h:2376", Some("/certs"))));
+        // With DOCKER_TLS_VERIFY, http://, unix:// and the flag's own directory are kept.
+        assert_eq!(
+            settle(&["a=http://127.0.0.1:2375", "b=tcp://h:2376", "c=unix:///s", "d=tcp://i:2376"], &["d=/d"], &verify),
+            Ok(vec![
+                ("http://127.0.0.1:2375".to_string(), None),
+                ("tcp://h:2376".to_string(), Some("/certs".to_string())),
+                ("unix:///s".to_string(), None),
+                ("tcp://i:2376".to_string(), Some("/d".to_string())),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_misplaced_docker_tls_is_an_error_naming_it() {
+        let two = ["nas=tcp://10.0.0.5:2376", "local=unix:///var/run/docker.sock"];
+        assert_eq!(
+            settle(&two, &["pi=/c"], &[]).unwrap_err(),
+            "--docker-tls pi=/c: no engine named \"pi\" (engines: nas, local)"
+        );
+        assert_eq!(
+            settle(&two, &["/c"], &[]).unwrap_err(),
+            "--docker-tls /c: several engines are watched; write NAME=DIR (engines: nas, local)"
+        );
+        assert_eq!(
+            settle(&two, &["local=/c"], &[]).unwrap_err(),
+            "--docker-tls local=/c: engine \"local\" (unix:///var/run/docker.sock) is not reached over tcp:// or \
+             https://; TLS needs tcp://HOST:PORT"
+        );
+        assert!(settle(&two, &["nas=/a", "nas=/b"], &[]).unwrap_err().contains("given twice"));
+        assert_eq!(
+            settle(&["https://h"], &[], &[]).unwrap_err(),
+            "https://h: an https:// engine, but no certificate directory is known: set DOCKER_CERT_PATH or give \
+             --docker-tls"
+        );
+        assert_eq!(EngineTls::parse("./a=b").map(|t| t.engine), Ok(None));
+        assert!(EngineTls::parse("n a=/c").is_err());
+        assert!(EngineTls::parse("nas=").is_err());
     }
 
     #[test]

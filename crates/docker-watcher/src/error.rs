@@ -15,6 +15,16 @@ pub enum WatchError {
         #[source]
         source: BollardError,
     },
+    /// TLS to the engine cannot be set up: a certificate file is missing, unreadable or not
+    /// what it should be (the message names it), or the engine speaks TLS and was given no
+    /// certificates.
+    #[error("cannot reach the Docker engine at {host}: TLS: {message}")]
+    Tls {
+        /// The engine address tried.
+        host: String,
+        /// What is wrong, naming the file at fault.
+        message: String,
+    },
     /// A request to a reachable engine failed.
     #[error("Docker engine at {host}: {request} failed")]
     Engine {

@@ -14,7 +14,7 @@
 //! The crate opens no socket of its own besides the engine connection: the binary hands the
 //! routes to proxy-core's `RouteTable::apply`.
 //!
-//! Layout: everything that talks to the engine lives under `io/` (connect, list, inspect,
+//! Layout: everything that talks to the engine lives under `io/` (connect, TLS, list, inspect,
 //! event streams, the session and the watcher loop); every other module is pure and is
 //! tested without an engine: `labels` and `swarm` (labels to routes), `views` (engine
 //! answers to views), `events` (which events matter), `memory` (the snapshot's entries and
@@ -40,12 +40,13 @@ mod targets;
 mod views;
 
 pub use config::{
-    DEFAULT_DOCKER_HOST, DockerConfig, EngineAddress, OwnContainer, PODMAN_ROOTFUL_SOCKET, check_engines,
-    effective_host, pick_engine,
+    DEFAULT_DOCKER_HOST, DockerConfig, EngineAddress, EngineTls, OwnContainer, PODMAN_ROOTFUL_SOCKET, check_engines,
+    effective_host, pick_engine, resolve_engines,
 };
 pub use error::WatchError;
 pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
 pub use io::engine::detect_own_container_id;
+pub use io::tls::{CA_FILE, CERT_FILE, KEY_FILE};
 pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, parse_labels};
 pub use snapshot::DockerSnapshot;
@@ -90,7 +91,7 @@ pub async fn check_container(
     name: &str,
 ) -> Result<(ContainerView, ContainerRoutes), WatchError> {
     let host = config.effective_host();
-    let docker = io::engine::connect(&host, config.request_timeout).await?;
+    let docker = io::engine::connect(&host, config.tls.as_deref(), config.request_timeout).await?.docker;
     let facts = io::engine::inspect_view(&docker, &host, name)
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;

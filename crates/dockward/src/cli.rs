@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use docker_watcher::EngineAddress;
+use docker_watcher::{EngineAddress, EngineTls};
 use proxy_core::{Acl, IpNet};
 use route_spec::nets;
 
@@ -44,6 +44,8 @@ Examples:
   dockward run --no-docker --routes a.yml --routes b.yml --log-format json
   dockward run --routes r.yml --allow 10.0.0.0/8,192.168.1.5 --deny 10.0.0.66
   dockward run --routes r.yml --access-log /var/log/dockward/access.log --access-log-format json
+  dockward run --docker-host local=unix:///var/run/docker.sock,nas=tcp://10.0.0.5:2376 \\
+               --docker-tls nas=/etc/dockward/nas     # ca.pem, cert.pem, key.pem
 
 Routes files are watched: edits apply within ~100 ms; a file with errors keeps its previous
 routes running and shows its errors in `dockward routes`.
@@ -64,6 +66,7 @@ Examples:
   dockward check --labels proxy.aliases=ssh proxy.ssh.port=2222:22 --name gitea
   dockward check --container gitea               # its labels, against its real networks
   dockward check --container gitea --docker-host tcp://10.0.0.5:2375
+  dockward check --container nas/gitea --docker-host nas=tcp://10.0.0.5:2376 --docker-tls nas=/etc/dockward/nas
 
 --labels is checked offline, as the labels of a host-network container (targets show as
 127.0.0.1; proxy.network is checked by --container, which asks the engine).";
@@ -118,6 +121,14 @@ pub struct RunArgs {
     /// DOCKER_HOST, else CONTAINER_HOST, else the local Docker or Podman socket.
     #[arg(long, value_name = "[NAME=]URL", env = "DOCKER_HOST", value_delimiter = ',', value_parser = EngineAddress::parse)]
     pub docker_host: Vec<EngineAddress>,
+    /// TLS to an engine: DIR holds ca.pem (the CA that signed the engine's certificate),
+    /// cert.pem and key.pem (dockward's client certificate), as DOCKER_CERT_PATH does for the
+    /// docker CLI. NAME=DIR for one of several engines; repeat the flag or separate with
+    /// commas. Without it, DOCKER_TLS_VERIFY=1 turns TLS on for tcp:// engines with the
+    /// certificates in DOCKER_CERT_PATH (else ~/.docker), and https:// engines always use TLS.
+    #[arg(long, value_name = "[NAME=]DIR", env = "DOCKWARD_DOCKER_TLS", value_delimiter = ',',
+          value_parser = EngineTls::parse)]
+    pub docker_tls: Vec<EngineTls>,
     /// Watch only the containers (and swarm services) carrying every one of these labels:
     /// `key` or `key=value`, comma-separated or with the flag repeated. Lets several
     /// dockward instances share one engine, each serving its own project.
@@ -238,6 +249,12 @@ pub struct CheckArgs {
     /// several, --container takes ENGINE/NAME. Default: DOCKER_HOST, else the local socket.
     #[arg(long, value_name = "[NAME=]URL", env = "DOCKER_HOST", value_delimiter = ',', value_parser = EngineAddress::parse)]
     pub docker_host: Vec<EngineAddress>,
+    /// TLS to an engine for --container: DIR with ca.pem, cert.pem and key.pem, or NAME=DIR
+    /// for one of several (as `dockward run --docker-tls`). Default: DOCKER_TLS_VERIFY with
+    /// DOCKER_CERT_PATH, as the docker CLI.
+    #[arg(long, value_name = "[NAME=]DIR", env = "DOCKWARD_DOCKER_TLS", value_delimiter = ',',
+          value_parser = EngineTls::parse)]
+    pub docker_tls: Vec<EngineTls>,
     /// Print the routes, notes and errors as one JSON object on stdout (the exit status is
     /// the same).
     #[arg(long)]

@@ -26,14 +26,16 @@ use crate::labels::COMPOSE_PROJECT_LABEL;
 /// The engine connection idle sleep writes through, made on first use and kept.
 pub(crate) struct Control {
     host: String,
+    /// The engine's TLS certificate directory, as the watcher's own connection uses.
+    tls: Option<std::path::PathBuf>,
     timeout: Duration,
     docker: tokio::sync::Mutex<Option<Docker>>,
 }
 
 impl Control {
-    /// Writes to the engine at `host`.
-    pub(crate) fn new(host: &str, timeout: Duration) -> Arc<Self> {
-        Arc::new(Control { host: host.to_string(), timeout, docker: tokio::sync::Mutex::new(None) })
+    /// Writes to the engine at `host` (over TLS with the certificates in `tls`).
+    pub(crate) fn new(host: &str, tls: Option<std::path::PathBuf>, timeout: Duration) -> Arc<Self> {
+        Arc::new(Control { host: host.to_string(), tls, timeout, docker: tokio::sync::Mutex::new(None) })
     }
 
     async fn docker(&self) -> Result<Docker, String> {
@@ -41,9 +43,10 @@ impl Control {
         if let Some(docker) = slot.as_ref() {
             return Ok(docker.clone());
         }
-        let docker = engine::connect(&self.host, self.timeout).await.map_err(|e| e.to_string())?;
-        *slot = Some(docker.clone());
-        Ok(docker)
+        let connected =
+            engine::connect(&self.host, self.tls.as_deref(), self.timeout).await.map_err(|e| e.to_string())?;
+        *slot = Some(connected.docker.clone());
+        Ok(connected.docker)
     }
 
     /// Forgets the connection after a failure, so the next call reconnects.

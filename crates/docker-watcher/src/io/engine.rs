@@ -4,6 +4,8 @@
 //! Only read endpoints are used (ping, version, list, inspect, events), so dockward works
 //! behind a read-only socket proxy.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -13,24 +15,60 @@ use bollard::query_parameters::ListContainersOptions;
 use crate::config::OwnContainer;
 use crate::error::WatchError;
 use crate::idle::config::LABEL_IDLE_TIMEOUT;
+use crate::io::tls::TlsEngine;
 use crate::labels::LABEL_PREFIX;
 use crate::views::{
     ContainerFacts, facts_from_inspect, facts_from_summary, id_from_cgroup, id_from_mountinfo, summary_is_complete,
 };
 
-/// A client for `host` (`unix:///path`, `tcp://host:port`, `http://host:port`, or a bare
-/// socket path), with `timeout` on every request, its API version negotiated down to the
+/// A connected engine: the bollard client, and for a TLS engine what bare requests
+/// ([`crate::io::http`]) dial it with.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    /// The client, its API version negotiated.
+    pub(crate) docker: Docker,
+    /// The engine's TLS set-up, when it is reached over TLS.
+    pub(crate) tls: Option<Arc<TlsEngine>>,
+}
+
+/// A client for `host` (`unix:///path`, `tcp://host:port`, `http://host:port`,
+/// `https://host:port`, or a bare socket path), over TLS with the certificate directory `tls`
+/// when given, with `timeout` on every request, its API version negotiated down to the
 /// engine's (the engine here speaks 1.41; bollard starts from a newer one).
-pub async fn connect(host: &str, timeout: Duration) -> Result<Docker, WatchError> {
-    let url = if host.starts_with('/') { format!("unix://{host}") } else { host.to_string() };
-    let docker = Docker::connect_with_host(&url)
-        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?
-        .with_timeout(timeout);
-    let docker = tokio::time::timeout(timeout, docker.negotiate_version())
-        .await
-        .map_err(|_| WatchError::Connect { host: host.to_string(), source: BollardError::RequestTimeoutError })?
-        .map_err(|source| WatchError::Connect { host: host.to_string(), source })?;
-    Ok(docker)
+///
+/// Every connection to an engine is made here: the watcher's sessions and `dockward check
+/// --container` alike. The certificate files are read at each call, so renewed ones are
+/// used from the next reconnect on.
+pub(crate) async fn connect(host: &str, tls: Option<&Path>, timeout: Duration) -> Result<Connected, WatchError> {
+    let connect_error = |source| WatchError::Connect { host: host.to_string(), source };
+    let (docker, tls) = match tls {
+        Some(dir) => {
+            let engine = Arc::new(
+                TlsEngine::load(host, dir).map_err(|message| WatchError::Tls { host: host.to_string(), message })?,
+            );
+            (engine.docker(timeout).map_err(connect_error)?, Some(engine))
+        }
+        None => {
+            let url = if host.starts_with('/') { format!("unix://{host}") } else { host.to_string() };
+            (Docker::connect_with_host(&url).map_err(connect_error)?.with_timeout(timeout), None)
+        }
+    };
+    let docker = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+        Err(_) => return Err(connect_error(BollardError::RequestTimeoutError)),
+        Ok(Err(BollardError::DockerResponseServerError { status_code: 400, message }))
+            if tls.is_none() && message.contains("HTTPS server") =>
+        {
+            return Err(WatchError::Tls {
+                host: host.to_string(),
+                message: "the engine speaks TLS: give its certificate directory (--docker-tls [NAME=]DIR, or \
+                          DOCKER_TLS_VERIFY=1 with DOCKER_CERT_PATH)"
+                    .to_string(),
+            });
+        }
+        Ok(Err(source)) => return Err(connect_error(source)),
+        Ok(Ok(docker)) => docker,
+    };
+    Ok(Connected { docker, tls })
 }
 
 /// `"20.10.24 (API 1.41)"`: the engine's version, for logs.

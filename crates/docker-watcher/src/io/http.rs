@@ -3,10 +3,11 @@
 //! bollard 0.21 models a swarm task without its `NetworksAttachments` (the Engine API's
 //! specification does not list them, the engine sends them), and a task's address on its
 //! networks is exactly what a route to it needs. So `/tasks` is read here, over a connection
-//! of its own to the same engine, with the API version bollard negotiated. Only `unix://`
-//! (or a bare socket path), `tcp://` and `http://` engines are supported, as by bollard
-//! without its TLS feature.
+//! of its own to the same engine, with the API version bollard negotiated: over `unix://` (or
+//! a bare socket path), `tcp://` and `http://`, or over TLS as bollard's requests are
+//! ([`crate::io::tls`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::error::WatchError;
+use crate::io::tls::TlsEngine;
 
 /// Where and how to send raw requests: the engine address, the negotiated API version, a
 /// timeout per request.
@@ -27,13 +29,14 @@ pub(crate) struct RawClient {
     host: String,
     version: String,
     timeout: Duration,
+    tls: Option<Arc<TlsEngine>>,
 }
 
 impl RawClient {
     /// A client for `host` (as given to [`connect`](crate::io::engine::connect)) speaking API
-    /// `version` (`1.41`).
-    pub(crate) fn new(host: &str, version: String, timeout: Duration) -> Self {
-        RawClient { host: host.to_string(), version, timeout }
+    /// `version` (`1.41`), over TLS when `tls` is given (as [`Connected`](crate::io::engine::Connected) has it).
+    pub(crate) fn new(host: &str, version: String, timeout: Duration, tls: Option<Arc<TlsEngine>>) -> Self {
+        RawClient { host: host.to_string(), version, timeout, tls }
     }
 
     /// `GET /v<version><path>` with `query` pairs, the answer read as JSON `T`.
@@ -78,26 +81,34 @@ impl RawClient {
 
     async fn send(&self, uri: &str) -> Result<(u16, Bytes), String> {
         let host = self.host.as_str();
+        if let Some(tls) = &self.tls {
+            let stream = tls.dial().await.map_err(|e| e.to_string())?;
+            return exchange(stream, tls.authority(), uri, &|e| tls.explain(e)).await;
+        }
         if let Some(path) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host)) {
             let stream = UnixStream::connect(path).await.map_err(|e| format!("connecting to {path}: {e}"))?;
-            return exchange(stream, "localhost", uri).await;
+            return exchange(stream, "localhost", uri, &|_| None).await;
         }
         if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
             let addr = addr.trim_end_matches('/');
             let stream = TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
-            return exchange(stream, addr, uri).await;
+            return exchange(stream, addr, uri, &|_| None).await;
         }
         Err(format!("engine address {host:?} is not supported for swarm task listing (unix://, tcp://, http://)"))
     }
 }
 
-async fn exchange<S>(stream: S, authority: &str, uri: &str) -> Result<(u16, Bytes), String>
+/// What a failure means in words, when the transport knows better than hyper's message
+/// (a TLS alert, say).
+type Explain<'a> = &'a (dyn Fn(&(dyn std::error::Error + 'static)) -> Option<String> + Sync);
+
+async fn exchange<S>(stream: S, authority: &str, uri: &str, explain: Explain<'_>) -> Result<(u16, Bytes), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(|e| explain(&e).unwrap_or_else(|| format!("HTTP handshake: {e}")))?;
     tokio::spawn(async move {
         // Its errors surface through send_request below.
         let _ = conn.await;
@@ -106,9 +117,17 @@ where
         .header(HOST, authority)
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("building the request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("the request failed: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| explain(&e).unwrap_or_else(|| format!("the request failed: {e}")))?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| explain(&e).unwrap_or_else(|| format!("reading the answer: {e}")))?
+        .to_bytes();
     Ok((status, body))
 }
 
@@ -137,7 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_socket_is_an_answer_error_naming_the_request() {
-        let client = RawClient::new("unix:///nonexistent/docker.sock", "1.41".into(), Duration::from_secs(1));
+        let client = RawClient::new("unix:///nonexistent/docker.sock", "1.41".into(), Duration::from_secs(1), None);
         let err = client.get_json::<serde_json::Value>("tasks", "/tasks", &[]).await.unwrap_err();
         assert!(
             err.to_string().starts_with("Docker engine at unix:///nonexistent/docker.sock: tasks failed: connecting"),

@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: connecting, listing, inspecting (bollard).
 //! - [`http`]: a bare `GET` for the one answer bollard models incompletely (swarm tasks).
+//! - [`tls`]: TLS to an engine (`--docker-tls`, `DOCKER_TLS_VERIFY`), for both of them.
 //! - [`services`]: swarm services and their tasks.
 //! - [`event_stream`]: reading one event stream into the session's channel.
 //! - [`session`]: one connection, from connect to a lost stream.
@@ -15,4 +16,5 @@ pub(crate) mod event_stream;
 pub(crate) mod http;
 pub(crate) mod services;
 pub(crate) mod session;
+pub(crate) mod tls;
 pub(crate) mod watcher;

@@ -2,6 +2,7 @@
 //! then events applied as they come, with periodic resyncs and swarm services on a manager.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use bollard::Docker;
 use futures::StreamExt;
@@ -18,6 +19,7 @@ use crate::io::engine;
 use crate::io::event_stream::read_events;
 use crate::io::http::RawClient;
 use crate::io::services::{self, Answer, ServiceListing, SwarmClient};
+use crate::io::tls::TlsEngine;
 use crate::memory::State;
 use crate::recheck::{Recheck, due_rechecks, schedule_recheck};
 use crate::swarm::ServiceView;
@@ -60,17 +62,21 @@ pub(crate) struct Session<'a> {
     /// Set when the engine (a socket proxy in front of it) refused to list services: this
     /// session then watches containers only, without asking again.
     swarm_refused: bool,
+    /// The engine's TLS set-up once connected over TLS, for the bare requests.
+    tls: Option<Arc<TlsEngine>>,
 }
 
 impl<'a> Session<'a> {
     /// A session that has not connected yet.
     pub(crate) fn new(config: &'a DockerConfig, host: &'a str, state: &'a mut State) -> Self {
-        Session { config, host, state, synced: false, swarm_refused: false }
+        Session { config, host, state, synced: false, swarm_refused: false, tls: None }
     }
 
     /// Runs until `shutdown` (`Ok`) or until the engine is lost (`Err`).
     pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), WatchError> {
-        let docker = engine::connect(self.host, self.config.request_timeout).await?;
+        let connected = engine::connect(self.host, self.config.tls.as_deref(), self.config.request_timeout).await?;
+        let docker = connected.docker;
+        self.tls = connected.tls;
         let version = engine::engine_version(&docker, self.host).await?;
 
         // Events first, so nothing that happens during the list is missed.
@@ -177,7 +183,7 @@ impl<'a> Session<'a> {
                     "the engine is a swarm manager: watching services too"
                 );
                 let version = docker.client_version().to_string();
-                let raw = RawClient::new(self.host, version, self.config.request_timeout);
+                let raw = RawClient::new(self.host, version, self.config.request_timeout, self.tls.clone());
                 let client =
                     SwarmClient::new(docker.clone(), raw, self.host, node_id, self.config.label_filters.clone());
                 let reader =

@@ -94,7 +94,8 @@ impl DockerWatcher {
         let mut state = State::new(self.tx);
         state.site = self.config.site.clone();
         if self.config.container_control {
-            state.sleepers = Sleepers::new(Some(Control::new(&self.host, self.config.request_timeout)));
+            state.sleepers =
+                Sleepers::new(Some(Control::new(&self.host, self.config.tls.clone(), self.config.request_timeout)));
         }
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut last_warn: Option<Instant> = None;

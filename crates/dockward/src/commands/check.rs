@@ -70,13 +70,17 @@ impl Report {
         self.add_parsed(&parsed);
     }
 
-    /// Adds a container of the engine `config` names, checked against its real networks.
-    pub async fn add_container(&mut self, config: &DockerConfig, name: &str) {
+    /// Adds a container of the engine `config` names (called `engine` when it has a name),
+    /// checked against its real networks. An engine's failure is an error naming the engine.
+    pub async fn add_container(&mut self, config: &DockerConfig, engine: Option<&str>, name: &str) {
         self.containers.push(name.to_string());
         let (view, parsed) = match docker_watcher::check_container(config, name).await {
             Ok(found) => found,
             Err(e) => {
-                self.errors.push(e.chain());
+                self.errors.push(match engine {
+                    Some(engine) => format!("engine {engine:?}: {}", e.chain()),
+                    None => e.chain(),
+                });
                 return;
             }
         };
@@ -164,22 +168,24 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut engines = args.docker_host.clone();
-        if engines.is_empty() {
-            engines.push(docker_watcher::EngineAddress { name: None, url: docker_watcher::effective_host(None) });
-        }
-        runtime.block_on(async {
-            for arg in &args.containers {
-                // `ENGINE/NAME` picks one of several engines.
-                match docker_watcher::pick_engine(&engines, arg) {
-                    Ok((engine, name)) => {
-                        let config = DockerConfig { request_timeout: ENGINE_TIMEOUT, ..engine.config() };
-                        report.add_container(&config, name).await;
-                    }
-                    Err(e) => report.errors.push(e),
-                }
+        match docker_watcher::resolve_engines(&args.docker_host, &args.docker_tls) {
+            Err(e) => {
+                report.containers.extend(args.containers.iter().cloned());
+                report.errors.push(e);
             }
-        });
+            Ok(engines) => runtime.block_on(async {
+                for arg in &args.containers {
+                    // `ENGINE/NAME` picks one of several engines.
+                    match docker_watcher::pick_engine(&engines, arg) {
+                        Ok((engine, name)) => {
+                            let config = DockerConfig { request_timeout: ENGINE_TIMEOUT, ..engine.config() };
+                            report.add_container(&config, engine.name.as_deref(), name).await;
+                        }
+                        Err(e) => report.errors.push(e),
+                    }
+                }
+            }),
+        }
     }
     report.add_conflicts();
 

@@ -56,6 +56,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hosts: args.docker_host,
         label_filters: args.docker_label_filter,
         container_control: args.allow_container_control,
+        tls: args.docker_tls,
     };
     if let Some(provider) = providers::docker::spawn(&docker, shutdown.child_token())? {
         providers.push(provider);

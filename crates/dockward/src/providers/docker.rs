@@ -16,6 +16,13 @@
 //! another machine (`nas=tcp://10.0.0.5:2375`) has its containers reached on that machine's
 //! address: the host network's ports, or the published ports of the others.
 //!
+//! TLS (`--docker-tls [NAME=]DIR`, `DOCKER_TLS_VERIFY` with `DOCKER_CERT_PATH`, `https://`)
+//! is settled per engine by [`docker_watcher::resolve_engines`]; its certificate files are
+//! read at each connect. An engine that was never reached is an error row when it was named
+//! (one of several) or given certificates: someone asked for it, so a wrong certificate or
+//! a missing file must show. The default engine alone, never reached, is only logged, as
+//! file-only users need no row.
+//!
 //! `--docker-label-filter` (or `DOCKWARD_DOCKER_LABEL_FILTER`: comma-separated `key` or
 //! `key=value`, all must match) restricts the provider to the containers (and services) carrying those labels, so
 //! several dockward instances can share one engine (the end-to-end tests run one per test
@@ -24,10 +31,10 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher, EngineAddress, check_engines, effective_host};
+use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher, EngineAddress, EngineTls, resolve_engines};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Provider, ProviderError, ProviderState};
 
@@ -43,13 +50,27 @@ pub struct DockerOptions {
     pub label_filters: Vec<String>,
     /// `--allow-container-control`: idle sleep may start and stop containers.
     pub container_control: bool,
+    /// `--docker-tls` (or DOCKWARD_DOCKER_TLS): certificate directories, `DIR` or `NAME=DIR`.
+    pub tls: Vec<EngineTls>,
 }
 
 /// One watched engine, as the provider reads it.
 struct Engine {
     /// Its name when several engines are watched: the prefix of its sources (`nas/web`).
     prefix: Option<String>,
+    /// Whether failing to reach it before it was ever reached is an error row (it was named
+    /// or given certificates), not only a log line.
+    asked_for: bool,
     snapshots: watch::Receiver<Arc<DockerSnapshot>>,
+}
+
+/// One engine's latest snapshot, as [`engines_state`] reads it.
+struct EngineSnap<'a> {
+    /// See [`Engine::prefix`].
+    prefix: Option<&'a str>,
+    /// See [`Engine::asked_for`].
+    asked_for: bool,
+    snap: Arc<DockerSnapshot>,
 }
 
 /// Starts the Docker provider, or returns `None` when it is off.
@@ -57,23 +78,14 @@ struct Engine {
 /// One watcher per engine, each with its own connection, reconnects and resyncs, so losing
 /// one engine touches only its routes. Never fails for want of an engine: the watchers
 /// connect (and reconnect) in the background. Fails when several engines are given and one
-/// of them has no name, or two share one.
+/// of them has no name, or two share one, or a `--docker-tls` names no engine that can use it.
 pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Result<Option<Provider>> {
     if options.disabled {
         debug!("docker provider off (--no-docker)");
         return Ok(None);
     }
-    let mut addresses = options.hosts.clone();
-    if addresses.is_empty() {
-        addresses.push(EngineAddress { name: None, url: effective_host(None) });
-    }
-    check_engines(&addresses).map_err(anyhow::Error::msg).context("--docker-host")?;
-    if std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0") {
-        warn!(
-            "DOCKER_TLS_VERIFY is set, but dockward talks to engines without TLS (not supported yet); \
-             an engine that requires TLS will refuse it: use a socket proxy or a tunnel"
-        );
-    }
+    let addresses: Vec<EngineAddress> =
+        resolve_engines(&options.hosts, &options.tls).map_err(anyhow::Error::msg).context("Docker engines")?;
     if options.container_control {
         info!("container control granted: idle sleep may start, stop, pause, unpause and kill labelled containers");
     }
@@ -91,13 +103,18 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
             ..address.config()
         };
         let watcher = DockerWatcher::new(config);
-        info!(docker_host = watcher.host(), engine = address.name.as_deref().unwrap_or(""), site = ?address.site(), "docker provider starting");
+        let tls = address.tls.as_ref().map(|dir| dir.display().to_string());
+        info!(docker_host = watcher.host(), engine = address.name.as_deref().unwrap_or(""), site = ?address.site(), tls, "docker provider starting");
         hosts.push(match &address.name {
             Some(name) => format!("{name}={}", watcher.host()),
             None => watcher.host().to_string(),
         });
         let mut snapshots = watcher.subscribe();
-        engines.push(Engine { prefix: address.name.clone().filter(|_| several), snapshots: snapshots.clone() });
+        engines.push(Engine {
+            prefix: address.name.clone().filter(|_| several),
+            asked_for: address.name.is_some() || address.tls.is_some(),
+            snapshots: snapshots.clone(),
+        });
         tokio::spawn(watcher.run(shutdown.clone()));
         let wake_tx = wake_tx.clone();
         let stop = shutdown.clone();
@@ -122,8 +139,14 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
                 _ = shutdown.cancelled() => return,
                 woken = wake.recv() => if woken.is_none() { return },
             }
-            let snaps: Vec<(Option<&str>, Arc<DockerSnapshot>)> =
-                engines.iter().map(|e| (e.prefix.as_deref(), e.snapshots.borrow().clone())).collect();
+            let snaps: Vec<EngineSnap<'_>> = engines
+                .iter()
+                .map(|e| EngineSnap {
+                    prefix: e.prefix.as_deref(),
+                    asked_for: e.asked_for,
+                    snap: e.snapshots.borrow().clone(),
+                })
+                .collect();
             let state = engines_state(&snaps);
             // Unchanged states (a reconnect that found the same containers) wake nobody.
             tx.send_if_modified(|current| {
@@ -144,15 +167,16 @@ pub fn spawn(options: &DockerOptions, shutdown: CancellationToken) -> anyhow::Re
 /// `dockward routes` tells why container changes are not followed; an engine never reached
 /// is only logged, as file-only users need no error row.
 pub fn provider_state(snap: &Arc<DockerSnapshot>) -> ProviderState {
-    engines_state(&[(None, snap.clone())])
+    engines_state(&[EngineSnap { prefix: None, asked_for: false, snap: snap.clone() }])
 }
 
 /// The routes and errors of every engine's snapshot. With an engine name, the engine's
 /// sources read `NAME/container` and its loss is an error row of source `NAME`; without
-/// (one engine) they read as they always did.
-fn engines_state(snaps: &[(Option<&str>, Arc<DockerSnapshot>)]) -> ProviderState {
+/// (one engine) they read as they always did. An engine never reached is a row too when it
+/// was asked for (named, or given certificates).
+fn engines_state(snaps: &[EngineSnap<'_>]) -> ProviderState {
     let mut state = ProviderState::default();
-    for (prefix, snap) in snaps {
+    for EngineSnap { prefix, asked_for, snap } in snaps {
         let source = |name: &str| match prefix {
             Some(engine) => format!("{engine}/{name}"),
             None => name.to_string(),
@@ -175,6 +199,8 @@ fn engines_state(snaps: &[(Option<&str>, Arc<DockerSnapshot>)]) -> ProviderState
                 prefix.unwrap_or("docker"),
                 format!("{why}; keeping the last known container routes, retrying"),
             ));
+        } else if let (false, true, Some(why)) = (snap.synced, *asked_for, snap.last_error.as_deref()) {
+            state.errors.push(ProviderError::whole(prefix.unwrap_or("docker"), format!("{why}; retrying")));
         }
     }
     state
@@ -226,7 +252,10 @@ mod tests {
         // Several engines: sources name the engine, and the lost one is named too.
         let mut other = (*snap).clone();
         other.connected = true;
-        let state = engines_state(&[(Some("nas"), snap.clone()), (Some("local"), Arc::new(other))]);
+        let state = engines_state(&[
+            EngineSnap { prefix: Some("nas"), asked_for: true, snap: snap.clone() },
+            EngineSnap { prefix: Some("local"), asked_for: true, snap: Arc::new(other) },
+        ]);
         let sources: Vec<&str> = state.routes.iter().map(|r| r.source.as_str()).collect();
         assert_eq!(sources, ["nas/box", "local/box"]);
         let errors: Vec<String> = state.errors.iter().map(|e| e.to_string()).collect();
@@ -238,5 +267,34 @@ mod tests {
                 "local/box: route \"bad\": label proxy.bad.port=\"22:22:22\": too many ':'; expected LISTEN:TARGET or TARGET",
             ]
         );
+    }
+
+    #[test]
+    fn an_engine_never_reached_is_a_row_only_when_it_was_asked_for() {
+        let never = Arc::new(DockerSnapshot {
+            last_error: Some(
+                "cannot reach the Docker engine at tcp://h:2376: TLS: the engine's certificate is not \
+                              signed by the CA in /c/ca.pem"
+                    .into(),
+            ),
+            ..Default::default()
+        });
+        let row = |prefix, asked_for| {
+            engines_state(&[EngineSnap { prefix, asked_for, snap: never.clone() }])
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row(None, false), Vec::<String>::new(), "the default socket, never reached: a log line only");
+        assert_eq!(
+            row(Some("nas"), true),
+            ["nas: cannot reach the Docker engine at tcp://h:2376: TLS: the engine's certificate is not signed by \
+              the CA in /c/ca.pem; retrying"]
+        );
+        assert_eq!(row(None, true).len(), 1, "one engine given certificates: its failure shows as source docker");
+        // Before the first attempt has failed there is nothing to say.
+        let fresh = Arc::new(DockerSnapshot::default());
+        assert!(engines_state(&[EngineSnap { prefix: Some("nas"), asked_for: true, snap: fresh }]).errors.is_empty());
     }
 }
