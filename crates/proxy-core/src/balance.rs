@@ -352,8 +352,32 @@ impl TargetSet {
     /// With `probes` (TCP), a target whose backoff has passed is a [`Try::Probe`]; without
     /// (UDP, which cannot tell a live target from a dial), it is simply healthy again.
     pub(crate) fn plan(&self, client: IpAddr, now: Instant, probes: bool) -> Plan {
+        match self.verdicts.as_deref() {
+            None => self.plan_by_health(client, now, probes),
+            Some(verdicts) => self.plan_in_tiers(verdicts, client, now, probes),
+        }
+    }
+
+    /// [`TargetSet::plan`] of a set without verdicts: healthy targets, then the fallback.
+    #[inline(always)]
+    fn plan_by_health(&self, client: IpAddr, now: Instant, probes: bool) -> Plan {
         let mut eligible: Vec<(usize, Try)> = Vec::with_capacity(self.members.len());
-        // Called starting by their provider: after every other eligible target.
+        let mut down: Vec<(u64, usize)> = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            match m.health(now) {
+                Health::Up => eligible.push((i, Try::Healthy)),
+                Health::Due if probes => eligible.push((i, Try::Probe)),
+                Health::Due => eligible.push((i, Try::Healthy)),
+                Health::Down => down.push((m.failed_at.load(Relaxed), i)),
+            }
+        }
+        self.order(&mut eligible, client, &mut None);
+        with_fallback(eligible, down)
+    }
+
+    /// [`TargetSet::plan`] of a set with `verdicts`: the three tiers.
+    fn plan_in_tiers(&self, verdicts: &[Option<Verdict>], client: IpAddr, now: Instant, probes: bool) -> Plan {
+        let mut eligible: Vec<(usize, Try)> = Vec::with_capacity(self.members.len());
         let mut starting: Vec<(usize, Try)> = Vec::new();
         let mut down: Vec<(u64, usize)> = Vec::new();
         for (i, m) in self.members.iter().enumerate() {
@@ -366,36 +390,37 @@ impl TargetSet {
                     continue;
                 }
             };
-            match self.verdict(i).map(|v| v.health) {
+            match verdicts.get(i).and_then(Option::as_ref).map(|v| v.health) {
                 None | Some(ProviderHealth::Healthy) => eligible.push((i, how)),
                 Some(ProviderHealth::Starting) => starting.push((i, how)),
                 Some(ProviderHealth::Unhealthy) => down.push((m.failed_at.load(Relaxed), i)),
             }
         }
-        if !eligible.is_empty() || !starting.is_empty() {
-            let turn = match self.strategy {
-                Balance::RoundRobin | Balance::LeastConn => self.cursor.fetch_add(1, Relaxed),
-                Balance::IpHash => 0,
-            };
-            self.order(&mut eligible, client, turn);
-            self.order(&mut starting, client, turn);
-            eligible.append(&mut starting);
-        }
-        down.sort_unstable();
-        eligible.extend(down.into_iter().map(|(_, i)| (i, Try::Fallback)));
-        eligible
+        // One turn of the round robin for both tiers, so each tier goes round in step.
+        let mut turn = None;
+        self.order(&mut eligible, client, &mut turn);
+        self.order(&mut starting, client, &mut turn);
+        eligible.append(&mut starting);
+        with_fallback(eligible, down)
     }
 
-    /// Puts one tier in the strategy's order; `turn` is the round-robin position.
-    fn order(&self, tier: &mut [(usize, Try)], client: IpAddr, turn: usize) {
+    /// Puts one tier in the strategy's order. The round robin's `turn` is taken from the
+    /// cursor (advancing it) when first needed, and shared by the tiers of one plan.
+    #[inline(always)]
+    fn order(&self, tier: &mut [(usize, Try)], client: IpAddr, turn: &mut Option<usize>) {
         if tier.is_empty() {
             return;
         }
+        let mut start = || *turn.get_or_insert_with(|| self.cursor.fetch_add(1, Relaxed)) % tier.len();
         match self.strategy {
-            Balance::RoundRobin => tier.rotate_left(turn % tier.len()),
+            Balance::RoundRobin => {
+                let start = start();
+                tier.rotate_left(start);
+            }
             Balance::LeastConn => {
                 // Rotated first so that ties go round robin; the sort is stable.
-                tier.rotate_left(turn % tier.len());
+                let start = start();
+                tier.rotate_left(start);
                 tier.sort_by_key(|(i, _)| self.members[*i].active.load(Relaxed));
             }
             Balance::IpHash => {
@@ -441,6 +466,14 @@ impl TargetSet {
     pub(crate) fn status(&self) -> Vec<TargetStatus> {
         self.members.iter().enumerate().map(|(i, m)| m.status(self.verdict(i))).collect()
     }
+}
+
+/// `eligible` followed by the fallback: the targets of `down`, least recently failed first.
+#[inline(always)]
+fn with_fallback(mut eligible: Plan, mut down: Vec<(u64, usize)>) -> Plan {
+    down.sort_unstable();
+    eligible.extend(down.into_iter().map(|(_, i)| (i, Try::Fallback)));
+    eligible
 }
 
 /// The rendezvous (highest random weight) score of `target` for `client`.
@@ -670,6 +703,10 @@ mod tests {
             assert!(order == [1, 2, 0] || order == [2, 1, 0], "starting comes after the healthy ones: {plan:?}");
             assert_eq!(plan[2], (0, Try::Healthy), "tried before any fallback, as a healthy target");
         }
+        // The healthy ones still take turns.
+        let s4 = judged_set(Balance::RoundRobin, 3, &[(0, ProviderHealth::Starting)]);
+        let picks: Vec<usize> = (0..6).map(|_| first(&s4, client(1))).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2, 1, 2]);
         // Both others fail: the starting one is first, the failed ones fall back.
         s.failed(&s.members[1], "refused", false);
         s.failed(&s.members[2], "refused", false);
