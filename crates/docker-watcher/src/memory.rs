@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::health;
 use crate::labels::{ContainerRoutes, has_proxy_labels};
 use crate::snapshot::DockerSnapshot;
 use crate::swarm::{SWARM_SERVICE_ID_LABEL, ServiceView, parse_service_labels};
@@ -52,7 +53,7 @@ impl State {
         if self.snap.swarm && view.labels.contains_key(SWARM_SERVICE_ID_LABEL) {
             return None;
         }
-        Some(container_routes(facts, &self.site, &self.own_networks))
+        Some(health::judged(container_routes(facts, &self.site, &self.own_networks), facts.health))
     }
 
     /// The routes a service asks for, or `None` when it carries no `proxy.*` label.
