@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HealthConfig, HostConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RenameContainerOptions,
@@ -122,6 +122,9 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     /// TCP ports published on 127.0.0.1: (container port, host port).
     pub publish: Vec<(u16, u16)>,
+    /// A health check: a shell command run every so often; one failure makes the
+    /// container unhealthy, one success healthy.
+    pub health_check: Option<(String, Duration)>,
 }
 
 impl ContainerSpec {
@@ -135,6 +138,7 @@ impl ContainerSpec {
             restart_unless_stopped: false,
             network: None,
             publish: Vec::new(),
+            health_check: None,
         }
     }
 
@@ -198,6 +202,27 @@ impl ContainerSpec {
     /// With restart policy `unless-stopped`.
     pub fn restart_unless_stopped(mut self) -> Self {
         self.restart_unless_stopped = true;
+        self
+    }
+
+    /// A TCP server on 127.0.0.1:`port` that greets each client with `name` and a newline,
+    /// then echoes (socat, one process per connection), so a client can tell which
+    /// container it reached.
+    pub fn tcp_named(prefix: &str, port: u16, name: &str, labels: &[(&str, &str)]) -> Self {
+        let script = format!(
+            "trap 'exit 0' TERM INT; /usr/bin/socat TCP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork \
+             'SYSTEM:echo {name}; exec cat' & wait"
+        );
+        ContainerSpec {
+            cmd: vec!["/bin/sh".into(), "-c".into(), script],
+            host_libs: true,
+            ..Self::sleeper(prefix, labels)
+        }
+    }
+
+    /// With a health check running shell command `cmd` every `interval`.
+    pub fn health_check(mut self, cmd: &str, interval: Duration) -> Self {
+        self.health_check = Some((cmd.to_string(), interval));
         self
     }
 }
@@ -311,8 +336,16 @@ impl TestEngine {
             })
             .collect();
         let exposed: Vec<String> = spec.publish.iter().map(|(container, _)| format!("{container}/tcp")).collect();
+        let healthcheck = spec.health_check.as_ref().map(|(cmd, interval)| HealthConfig {
+            test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
+            interval: Some(interval.as_nanos() as i64),
+            timeout: Some(Duration::from_secs(10).as_nanos() as i64),
+            retries: Some(1),
+            ..Default::default()
+        });
         let body = ContainerCreateBody {
             image: Some(self.kind.image().into()),
+            healthcheck,
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             cmd: Some(spec.cmd.clone()),
             labels: Some(labels),
@@ -443,6 +476,17 @@ impl TestContainer {
         let options = RenameContainerOptions { name: new_name.to_string() };
         self.docker.rename_container(&self.id, options).await.unwrap_or_else(|e| panic!("rename {}: {e}", self.name));
         self.name = new_name.to_string();
+    }
+
+    /// Runs `cmd` in it (`docker exec`) and waits for it; panics unless it succeeds.
+    pub fn exec(&self, cmd: &[&str]) {
+        let out = engine_cli(self.kind, self.host.as_deref())
+            .arg("exec")
+            .arg(&self.id)
+            .args(cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("exec {cmd:?} in {}: {e}", self.name));
+        assert!(out.status.success(), "exec {cmd:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
     }
 
     /// Removes it now (forcibly).

@@ -17,7 +17,8 @@
 //! Layout: everything that talks to the engine lives under `io/` (connect, TLS, list, inspect,
 //! event streams, the session and the watcher loop); every other module is pure and is
 //! tested without an engine: `labels` and `swarm` (labels to routes), `views` (engine
-//! answers to views), `events` (which events matter), `memory` (the snapshot's entries and
+//! answers to views), `health` (a container's health check as its targets' verdict),
+//! `events` (which events matter), `memory` (the snapshot's entries and
 //! how answers change them), `recheck` (when to look at a settling service again), `config`,
 //! `snapshot` and `error`, and `targets` (containers a remote engine or user-mode networking
 //! hides: reached on their engine's machine, on the host network or a published port).
@@ -27,6 +28,7 @@
 mod config;
 mod error;
 mod events;
+mod health;
 pub mod idle;
 mod io;
 pub mod labels;

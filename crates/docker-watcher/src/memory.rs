@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::health;
 use crate::idle::{Sleepers, asleep_routes};
 use crate::labels::{ContainerRoutes, has_proxy_labels};
 use crate::snapshot::DockerSnapshot;
@@ -62,7 +63,7 @@ impl State {
             return None;
         }
         let mut routes = if view.state.is_running() {
-            container_routes(facts, &self.site, &self.own_networks)
+            health::judged(container_routes(facts, &self.site, &self.own_networks), facts.health)
         } else if self.sleepers.keeps_asleep(facts) {
             // Idle sleep: a stopped or paused container's ports stay bound, to wake it.
             asleep_routes(facts, &self.site, &self.own_networks)

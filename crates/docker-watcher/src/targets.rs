@@ -171,6 +171,7 @@ mod tests {
                     host_port,
                 })
                 .collect(),
+            health: None,
         }
     }
 

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, PortMap, PortSummary};
-use route_spec::Protocol;
+use route_spec::{Protocol, ProviderHealth};
 
+use crate::health;
 use crate::labels::{ContainerState, ContainerView};
 
 /// One port a container publishes on its engine's machine (`-p 8080:80`).
@@ -22,26 +23,31 @@ pub struct PublishedPort {
     pub host_port: u16,
 }
 
-/// What the engine said about one container: its view, and the ports it publishes.
+/// What the engine said about one container: its view, the ports it publishes, and what
+/// its health check says.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ContainerFacts {
     /// Labels, networks, state.
     pub(crate) view: ContainerView,
     /// Its published ports, for targets that its own address cannot serve.
     pub(crate) published: Vec<PublishedPort>,
+    /// Its health check's verdict; `None` without a health check (see [`crate::health`]).
+    pub(crate) health: Option<ProviderHealth>,
 }
 
 /// Facts from a list entry; `None` without an id.
 pub(crate) fn facts_from_summary(c: ContainerSummary) -> Option<ContainerFacts> {
     let published = c.ports.as_deref().map(published_from_summary).unwrap_or_default();
-    Some(ContainerFacts { view: view_from_summary(c)?, published })
+    let health = health::from_summary(&c);
+    Some(ContainerFacts { view: view_from_summary(c)?, published, health })
 }
 
 /// Facts from an inspect answer; `None` without an id.
 pub(crate) fn facts_from_inspect(c: ContainerInspectResponse) -> Option<ContainerFacts> {
     let published =
         c.network_settings.as_ref().and_then(|n| n.ports.as_ref()).map(published_from_inspect).unwrap_or_default();
-    Some(ContainerFacts { view: view_from_inspect(c)?, published })
+    let health = health::from_inspect(c.state.as_ref());
+    Some(ContainerFacts { view: view_from_inspect(c)?, published, health })
 }
 
 fn protocol_of(name: &str) -> Option<Protocol> {

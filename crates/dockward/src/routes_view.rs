@@ -56,7 +56,8 @@ pub struct RouteRow {
 pub struct TargetHealth {
     /// The target as `host:port`.
     pub target: String,
-    /// False while it is marked down (a failed dial or health check).
+    /// False while it is marked down (a failed dial or health check), or while its
+    /// provider calls it unhealthy.
     pub healthy: bool,
     /// TCP connections or UDP sessions open on it now.
     pub active: u64,
@@ -66,6 +67,10 @@ pub struct TargetHealth {
     pub failures: u64,
     /// The latest failure, kept after it recovers.
     pub last_error: Option<String>,
+    /// Its provider's verdict (`docker: healthy`, `docker: starting`, `docker: unhealthy`),
+    /// `null` without one.
+    #[serde(default)]
+    pub verdict: Option<String>,
 }
 
 impl RouteRow {
@@ -89,6 +94,7 @@ impl RouteRow {
                     total: t.total,
                     failures: t.failures,
                     last_error: t.last_error.clone(),
+                    verdict: t.verdict.as_ref().map(ToString::to_string),
                 })
                 .collect(),
             source: spec.source.clone(),
@@ -180,11 +186,23 @@ pub fn render_table(rows: &[RouteRow]) -> String {
     crate::table::render(&header, &lines)
 }
 
-/// The targets, each marked `(down)` while it is marked unhealthy.
+/// The targets, each marked `(down)` while it is marked unhealthy, with its provider's
+/// verdict unless that is healthy: `10.0.0.5:80(down, docker: unhealthy)`,
+/// `10.0.0.6:80(docker: starting)`.
 fn targets_cell(row: &RouteRow) -> String {
-    let down = |t: &String| row.target_health.iter().any(|h| &h.target == t && !h.healthy);
-    let cells: Vec<String> =
-        row.targets.iter().map(|t| if down(t) { format!("{t}(down)") } else { t.clone() }).collect();
+    let cells: Vec<String> = row
+        .targets
+        .iter()
+        .map(|t| {
+            let Some(h) = row.target_health.iter().find(|h| &h.target == t) else { return t.clone() };
+            let mut marks: Vec<&str> = Vec::new();
+            if !h.healthy {
+                marks.push("down");
+            }
+            marks.extend(h.verdict.as_deref().filter(|v| !v.ends_with(": healthy")));
+            if marks.is_empty() { t.clone() } else { format!("{t}({})", marks.join(", ")) }
+        })
+        .collect();
     cells.join(",")
 }
 
@@ -283,6 +301,7 @@ mod tests {
             total: 2,
             failures: 0,
             last_error: None,
+            verdict: None,
         }];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(125);
         let r = rows(&[listening], &[ProviderError::route("r.yml", "web", "port \"x\": bad")], now);
@@ -331,11 +350,49 @@ web    -      -                -             r.yml   error: port "x": bad       
                 total: 0,
                 failures: u64::from(t.port != 22),
                 last_error: None,
+                verdict: None,
             })
             .collect();
         let row = RouteRow::from_status(&status, SystemTime::UNIX_EPOCH);
         assert_eq!(row.target_health[1].failures, 1);
         assert_eq!(targets_cell(&row), "127.0.0.1:22,127.0.0.1:23(down)");
+    }
+
+    #[test]
+    fn a_provider_verdict_shows_in_the_json_and_the_table() {
+        use proxy_core::{ProviderHealth, Verdict};
+        let mut status = status("web", RouteState::Listening);
+        let says = |health| Some(Verdict::new("docker", health));
+        let verdicts = [
+            (21, true, says(ProviderHealth::Healthy)),
+            (22, false, says(ProviderHealth::Unhealthy)),
+            (23, true, says(ProviderHealth::Starting)),
+            (24, false, says(ProviderHealth::Starting)),
+            (25, true, None),
+        ];
+        status.spec.targets = verdicts.iter().map(|(port, _, _)| Target::new("127.0.0.1", *port)).collect();
+        status.targets = verdicts
+            .iter()
+            .map(|(port, healthy, verdict)| TargetStatus {
+                target: Target::new("127.0.0.1", *port),
+                healthy: *healthy,
+                active: 0,
+                total: 0,
+                failures: 0,
+                last_error: None,
+                verdict: verdict.clone(),
+            })
+            .collect();
+        let row = RouteRow::from_status(&status, SystemTime::UNIX_EPOCH);
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["target_health"][1]["verdict"], "docker: unhealthy");
+        assert_eq!(json["target_health"][1]["healthy"], false);
+        assert_eq!(json["target_health"][4]["verdict"], serde_json::Value::Null);
+        assert_eq!(
+            targets_cell(&row),
+            "127.0.0.1:21,127.0.0.1:22(down, docker: unhealthy),127.0.0.1:23(docker: starting),\
+             127.0.0.1:24(down, docker: starting),127.0.0.1:25"
+        );
     }
 
     #[test]

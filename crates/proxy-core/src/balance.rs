@@ -29,6 +29,22 @@
 //! An optional active check ([`HealthCheck::Tcp`]) connects to every target of a TCP route
 //! at an interval and marks it up or down the same way; see `forward::health`.
 //!
+//! # Provider verdicts
+//!
+//! A target may carry its provider's [`Verdict`] (Docker's `HEALTHCHECK`: healthy,
+//! starting, unhealthy). It is the primary signal and ranks targets in tiers:
+//!
+//! 1. targets without a verdict or called healthy, by the strategy;
+//! 2. targets called *starting*, by the strategy: used only once no tier-1 target is left
+//!    (all down, or none there);
+//! 3. the fallback: targets marked down by dials or checks, and targets called
+//!    *unhealthy* whatever dials and checks say; tried least recently failed first, and
+//!    only after everything else.
+//!
+//! Passive and active health still apply within tiers 1 and 2. A verdict changes with the
+//! route's spec, so a new one arrives as an update in place; routes without verdicts (the
+//! usual case) skip the tiers.
+//!
 //! # Sharing across updates
 //!
 //! A route's [`TargetSet`] lives in its `Live` settings. When the route is updated in place
@@ -49,7 +65,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use route_spec::Balance;
+use route_spec::{Balance, ProviderHealth, Verdict};
 
 use crate::stats::TargetStatus;
 use route_spec::{Protocol, Target};
@@ -163,15 +179,17 @@ impl Member {
         self.active.load(Relaxed)
     }
 
-    /// Its status for the admin API.
-    fn status(&self) -> TargetStatus {
+    /// Its status for the admin API, with its provider's `verdict`.
+    fn status(&self, verdict: Option<&Verdict>) -> TargetStatus {
+        let called_unhealthy = verdict.is_some_and(|v| v.health == ProviderHealth::Unhealthy);
         TargetStatus {
             target: self.target.clone(),
-            healthy: self.down_until.load(Relaxed) == 0,
+            healthy: self.down_until.load(Relaxed) == 0 && !called_unhealthy,
             active: self.active.load(Relaxed),
             total: self.total.load(Relaxed),
             failures: self.failures.load(Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            verdict: verdict.cloned(),
         }
     }
 }
@@ -232,8 +250,11 @@ pub(crate) struct TargetSet {
     protocol: Protocol,
     /// The strategy.
     strategy: Balance,
-    /// The targets, deduplicated, in the order given.
+    /// The targets, deduplicated by address, in the order given; without their verdicts.
     members: Box<[Arc<Member>]>,
+    /// Each member's provider verdict, in member order; `None` when no target has one, so
+    /// that such routes pick as if verdicts did not exist.
+    verdicts: Option<Box<[Option<Verdict>]>>,
     /// Round-robin position; shared with the route's next sets.
     cursor: Arc<AtomicUsize>,
     /// How long a failed target is skipped.
@@ -242,6 +263,10 @@ pub(crate) struct TargetSet {
 
 impl TargetSet {
     /// The set of `targets`, reusing the members (and cursor) of `previous` for targets it had.
+    ///
+    /// Targets are told apart by address: a target whose verdict changed keeps its member
+    /// (its connections, failures and backoff), and of two targets at one address the first
+    /// one's verdict counts.
     pub(crate) fn new(
         alias: &str,
         protocol: Protocol,
@@ -251,20 +276,63 @@ impl TargetSet {
         backoff: Backoff,
     ) -> Self {
         let mut members: Vec<Arc<Member>> = Vec::with_capacity(targets.len());
+        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(targets.len());
         for target in targets {
-            if members.iter().any(|m| m.target == *target) {
+            if members.iter().any(|m| m.target.same_address(target)) {
                 continue;
             }
-            let kept = previous.and_then(|p| p.members.iter().find(|m| m.target == *target));
-            members.push(kept.cloned().unwrap_or_else(|| Arc::new(Member::new(target.clone()))));
+            let kept = previous.and_then(|p| p.members.iter().find(|m| m.target.same_address(target)));
+            let bare = || Arc::new(Member::new(Target { verdict: None, ..target.clone() }));
+            members.push(kept.cloned().unwrap_or_else(bare));
+            verdicts.push(target.verdict.clone());
         }
-        TargetSet {
+        let set = TargetSet {
             alias: Arc::from(alias),
             protocol,
             strategy,
             members: members.into_boxed_slice(),
+            verdicts: verdicts.iter().any(Option::is_some).then(|| verdicts.into_boxed_slice()),
             cursor: previous.map(|p| p.cursor.clone()).unwrap_or_default(),
             backoff,
+        };
+        set.log_verdict_changes(previous);
+        set
+    }
+
+    /// The verdict on member `i`, if its provider gave one.
+    fn verdict(&self, i: usize) -> Option<&Verdict> {
+        self.verdicts.as_deref()?.get(i)?.as_ref()
+    }
+
+    /// Logs each target whose provider's verdict took it out of rotation or gave it back,
+    /// compared with `previous` (a target new to the set had no verdict).
+    fn log_verdict_changes(&self, previous: Option<&TargetSet>) {
+        if self.verdicts.is_none() && previous.is_none_or(|p| p.verdicts.is_none()) {
+            return;
+        }
+        let unhealthy = |v: Option<&Verdict>| v.is_some_and(|v| v.health == ProviderHealth::Unhealthy);
+        for (i, member) in self.members.iter().enumerate() {
+            let now = self.verdict(i);
+            let before = previous.and_then(|p| {
+                let j = p.members.iter().position(|m| Arc::ptr_eq(m, member))?;
+                p.verdict(j)
+            });
+            if now == before {
+                continue;
+            }
+            let (alias, dst) = (&*self.alias, &member.target);
+            let verdict = now.map(ToString::to_string).unwrap_or_else(|| "none".into());
+            match (unhealthy(before), unhealthy(now)) {
+                (false, true) => {
+                    warn!(protocol = %self.protocol, alias, dst = %dst, action = "target_down", verdict, "target down: its provider calls it unhealthy")
+                }
+                (true, false) => {
+                    info!(protocol = %self.protocol, alias, dst = %dst, action = "target_up", verdict, "target back: its provider no longer calls it unhealthy")
+                }
+                _ => {
+                    debug!(protocol = %self.protocol, alias, dst = %dst, action = "verdict", verdict, "target's verdict changed")
+                }
+            }
         }
     }
 
@@ -278,11 +346,21 @@ impl TargetSet {
         self.members.iter().map(|m| m.target.to_string()).collect::<Vec<_>>().join(",")
     }
 
-    /// The order in which a new client from `client` tries the targets, as of `now`.
+    /// The order in which a new client from `client` tries the targets, as of `now`: the
+    /// tiers of the module documentation, each in the strategy's order.
     ///
     /// With `probes` (TCP), a target whose backoff has passed is a [`Try::Probe`]; without
     /// (UDP, which cannot tell a live target from a dial), it is simply healthy again.
     pub(crate) fn plan(&self, client: IpAddr, now: Instant, probes: bool) -> Plan {
+        match self.verdicts.as_deref() {
+            None => self.plan_by_health(client, now, probes),
+            Some(verdicts) => self.plan_in_tiers(verdicts, client, now, probes),
+        }
+    }
+
+    /// [`TargetSet::plan`] of a set without verdicts: healthy targets, then the fallback.
+    #[inline(always)]
+    fn plan_by_health(&self, client: IpAddr, now: Instant, probes: bool) -> Plan {
         let mut eligible: Vec<(usize, Try)> = Vec::with_capacity(self.members.len());
         let mut down: Vec<(u64, usize)> = Vec::new();
         for (i, m) in self.members.iter().enumerate() {
@@ -293,26 +371,62 @@ impl TargetSet {
                 Health::Down => down.push((m.failed_at.load(Relaxed), i)),
             }
         }
-        if !eligible.is_empty() {
-            match self.strategy {
-                Balance::RoundRobin => {
-                    let start = self.cursor.fetch_add(1, Relaxed) % eligible.len();
-                    eligible.rotate_left(start);
+        self.order(&mut eligible, client, &mut None);
+        with_fallback(eligible, down)
+    }
+
+    /// [`TargetSet::plan`] of a set with `verdicts`: the three tiers.
+    fn plan_in_tiers(&self, verdicts: &[Option<Verdict>], client: IpAddr, now: Instant, probes: bool) -> Plan {
+        let mut eligible: Vec<(usize, Try)> = Vec::with_capacity(self.members.len());
+        let mut starting: Vec<(usize, Try)> = Vec::new();
+        let mut down: Vec<(u64, usize)> = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let how = match m.health(now) {
+                Health::Up => Try::Healthy,
+                Health::Due if probes => Try::Probe,
+                Health::Due => Try::Healthy,
+                Health::Down => {
+                    down.push((m.failed_at.load(Relaxed), i));
+                    continue;
                 }
-                Balance::LeastConn => {
-                    // Rotated first so that ties go round robin; the sort is stable.
-                    let start = self.cursor.fetch_add(1, Relaxed) % eligible.len();
-                    eligible.rotate_left(start);
-                    eligible.sort_by_key(|(i, _)| self.members[*i].active.load(Relaxed));
-                }
-                Balance::IpHash => {
-                    eligible.sort_by_cached_key(|(i, _)| Reverse(rendezvous(client, &self.members[*i].target)));
-                }
+            };
+            match verdicts.get(i).and_then(Option::as_ref).map(|v| v.health) {
+                None | Some(ProviderHealth::Healthy) => eligible.push((i, how)),
+                Some(ProviderHealth::Starting) => starting.push((i, how)),
+                Some(ProviderHealth::Unhealthy) => down.push((m.failed_at.load(Relaxed), i)),
             }
         }
-        down.sort_unstable();
-        eligible.extend(down.into_iter().map(|(_, i)| (i, Try::Fallback)));
-        eligible
+        // One turn of the round robin for both tiers, so each tier goes round in step.
+        let mut turn = None;
+        self.order(&mut eligible, client, &mut turn);
+        self.order(&mut starting, client, &mut turn);
+        eligible.append(&mut starting);
+        with_fallback(eligible, down)
+    }
+
+    /// Puts one tier in the strategy's order. The round robin's `turn` is taken from the
+    /// cursor (advancing it) when first needed, and shared by the tiers of one plan.
+    #[inline(always)]
+    fn order(&self, tier: &mut [(usize, Try)], client: IpAddr, turn: &mut Option<usize>) {
+        if tier.is_empty() {
+            return;
+        }
+        let mut start = || *turn.get_or_insert_with(|| self.cursor.fetch_add(1, Relaxed)) % tier.len();
+        match self.strategy {
+            Balance::RoundRobin => {
+                let start = start();
+                tier.rotate_left(start);
+            }
+            Balance::LeastConn => {
+                // Rotated first so that ties go round robin; the sort is stable.
+                let start = start();
+                tier.rotate_left(start);
+                tier.sort_by_key(|(i, _)| self.members[*i].active.load(Relaxed));
+            }
+            Balance::IpHash => {
+                tier.sort_by_cached_key(|(i, _)| Reverse(rendezvous(client, &self.members[*i].target)));
+            }
+        }
     }
 
     /// Records that `member` answered: a down target is up again.
@@ -350,8 +464,16 @@ impl TargetSet {
 
     /// The status of every target, in the order given.
     pub(crate) fn status(&self) -> Vec<TargetStatus> {
-        self.members.iter().map(|m| m.status()).collect()
+        self.members.iter().enumerate().map(|(i, m)| m.status(self.verdict(i))).collect()
     }
+}
+
+/// `eligible` followed by the fallback: the targets of `down`, least recently failed first.
+#[inline(always)]
+fn with_fallback(mut eligible: Plan, mut down: Vec<(u64, usize)>) -> Plan {
+    down.sort_unstable();
+    eligible.extend(down.into_iter().map(|(_, i)| (i, Try::Fallback)));
+    eligible
 }
 
 /// The rendezvous (highest random weight) score of `target` for `client`.
@@ -492,8 +614,8 @@ mod tests {
         assert!(dead.claim_probe().is_some(), "the claim was released");
         s.succeeded(dead);
         assert_eq!(dead.health(Instant::now()), Health::Up);
-        assert_eq!(dead.status().failures, 0);
-        assert_eq!(dead.status().last_error.as_deref(), Some("still refused"));
+        assert_eq!(dead.status(None).failures, 0);
+        assert_eq!(dead.status(None).last_error.as_deref(), Some("still refused"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -515,7 +637,7 @@ mod tests {
         s.failed(&s.members[0], "port unreachable", false);
         tokio::time::advance(BACKOFF_MIN).await;
         assert_eq!(s.plan(client(1), Instant::now(), false), vec![(0, Try::Healthy)]);
-        assert!(!s.members[0].status().healthy, "still shown down until it answers");
+        assert!(!s.members[0].status(None).healthy, "still shown down until it answers");
     }
 
     #[test]
@@ -531,5 +653,115 @@ mod tests {
         assert!(new.status()[1].healthy, "a new target starts healthy");
         assert!(Arc::ptr_eq(&new.cursor, &old.cursor));
         assert_eq!(lease.member().active(), 1, "a removed target's open connection still counts on it");
+    }
+
+    /// `targets(n)` with the given verdicts, by index.
+    fn judged(n: u16, verdicts: &[(usize, ProviderHealth)]) -> Vec<Target> {
+        let mut t = targets(n);
+        for (i, health) in verdicts {
+            t[*i].verdict = Some(Verdict::new("docker", *health));
+        }
+        t
+    }
+
+    fn judged_set(strategy: Balance, n: u16, verdicts: &[(usize, ProviderHealth)]) -> TargetSet {
+        TargetSet::new("app", Protocol::Tcp, &judged(n, verdicts), strategy, None, Backoff::default())
+    }
+
+    #[test]
+    fn without_verdicts_the_set_keeps_none() {
+        assert!(set(Balance::RoundRobin, 3).verdicts.is_none());
+        assert!(judged_set(Balance::RoundRobin, 3, &[(1, ProviderHealth::Healthy)]).verdicts.is_some());
+    }
+
+    #[test]
+    fn a_target_called_unhealthy_is_down_whatever_its_dials_say() {
+        for strategy in [Balance::RoundRobin, Balance::LeastConn, Balance::IpHash] {
+            let s = judged_set(strategy, 3, &[(1, ProviderHealth::Unhealthy), (2, ProviderHealth::Healthy)]);
+            for c in 0..20 {
+                let plan = s.plan(client(c), Instant::now(), true);
+                assert_eq!(plan.len(), 3);
+                assert_eq!(plan[2], (1, Try::Fallback), "{strategy:?}: the unhealthy target comes last: {plan:?}");
+                assert!(plan[..2].iter().all(|(i, how)| *i != 1 && *how == Try::Healthy), "{plan:?}");
+            }
+            // A dial to it that succeeds (a fallback) does not bring it back.
+            s.succeeded(&s.members[1]);
+            assert_eq!(s.plan(client(1), Instant::now(), true)[2], (1, Try::Fallback));
+            let status = s.status();
+            assert!(!status[1].healthy, "shown down");
+            assert_eq!(status[1].verdict.as_ref().map(ToString::to_string).as_deref(), Some("docker: unhealthy"));
+            assert!(status[2].healthy && status[0].healthy && status[0].verdict.is_none());
+        }
+    }
+
+    #[test]
+    fn a_starting_target_is_used_only_while_no_healthy_one_is_left() {
+        let s = judged_set(Balance::RoundRobin, 3, &[(0, ProviderHealth::Starting), (1, ProviderHealth::Healthy)]);
+        for _ in 0..6 {
+            let plan = s.plan(client(1), Instant::now(), true);
+            let order: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
+            assert!(order == [1, 2, 0] || order == [2, 1, 0], "starting comes after the healthy ones: {plan:?}");
+            assert_eq!(plan[2], (0, Try::Healthy), "tried before any fallback, as a healthy target");
+        }
+        // The healthy ones still take turns.
+        let s4 = judged_set(Balance::RoundRobin, 3, &[(0, ProviderHealth::Starting)]);
+        let picks: Vec<usize> = (0..6).map(|_| first(&s4, client(1))).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2, 1, 2]);
+        // Both others fail: the starting one is first, the failed ones fall back.
+        s.failed(&s.members[1], "refused", false);
+        s.failed(&s.members[2], "refused", false);
+        let plan = s.plan(client(1), Instant::now(), true);
+        assert_eq!(plan[0], (0, Try::Healthy), "{plan:?}");
+        assert!(plan[1..].iter().all(|(_, how)| *how == Try::Fallback), "{plan:?}");
+    }
+
+    #[test]
+    fn when_every_target_is_starting_they_share_the_load() {
+        let all = [(0, ProviderHealth::Starting), (1, ProviderHealth::Starting)];
+        let s = judged_set(Balance::RoundRobin, 2, &all);
+        let picks: Vec<usize> = (0..4).map(|_| first(&s, client(1))).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+        let hashed = judged_set(Balance::IpHash, 2, &all);
+        let used: std::collections::HashSet<usize> = (0..50).map(|c| first(&hashed, client(c))).collect();
+        assert_eq!(used.len(), 2, "ip_hash spreads clients over starting targets too");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_target_is_down_or_unhealthy_all_are_still_tried() {
+        let s = judged_set(Balance::RoundRobin, 3, &[(0, ProviderHealth::Unhealthy), (2, ProviderHealth::Unhealthy)]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.failed(&s.members[1], "refused", false);
+        let plan = s.plan(client(1), Instant::now(), true);
+        assert_eq!(plan.len(), 3, "nobody is refused: {plan:?}");
+        assert!(plan.iter().all(|(_, how)| *how == Try::Fallback), "{plan:?}");
+        assert_eq!(plan[2], (1, Try::Fallback), "the one whose dial failed comes last");
+    }
+
+    #[test]
+    fn a_changed_verdict_keeps_the_targets_state() {
+        let old = judged_set(Balance::RoundRobin, 2, &[(1, ProviderHealth::Healthy)]);
+        old.failed(&old.members[0], "refused", false);
+        let lease = Lease::new(old.members[1].clone());
+        let now_sick = judged(2, &[(1, ProviderHealth::Unhealthy)]);
+        let new = TargetSet::new("app", Protocol::Tcp, &now_sick, Balance::RoundRobin, Some(&old), old.backoff);
+        assert!(Arc::ptr_eq(&new.members[0], &old.members[0]) && Arc::ptr_eq(&new.members[1], &old.members[1]));
+        assert_eq!(new.members[1].active(), 1, "its open connection still counts");
+        assert_eq!(new.members[1].target().verdict, None, "members hold the address only");
+        assert!(!new.status()[1].healthy);
+        // Healthy again: back in rotation, without a verdict left over.
+        let well = TargetSet::new("app", Protocol::Tcp, &targets(2), Balance::RoundRobin, Some(&new), new.backoff);
+        assert!(well.verdicts.is_none());
+        assert!(well.status()[1].healthy);
+        assert_eq!(well.plan(client(1), Instant::now(), true)[0], (1, Try::Healthy));
+        drop(lease);
+    }
+
+    #[test]
+    fn one_address_with_two_verdicts_is_one_target_with_the_first_verdict() {
+        let mut t = judged(1, &[(0, ProviderHealth::Healthy)]);
+        t.push(t[0].clone().with_verdict(Some(Verdict::new("docker", ProviderHealth::Unhealthy))));
+        let s = TargetSet::new("app", Protocol::Tcp, &t, Balance::RoundRobin, None, Backoff::default());
+        assert_eq!(s.members.len(), 1);
+        assert!(s.status()[0].healthy);
     }
 }

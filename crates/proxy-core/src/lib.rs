@@ -5,8 +5,9 @@
 //! changed. The crate knows nothing of Docker or files.
 //!
 //! Specs with the same alias, protocol and listen port (replicas of one service) are one
-//! route balanced over all their targets ([`Balance`]), with passive health and an
-//! optional active check ([`HealthCheck`]); [`RouteStatus::targets`] reports each target.
+//! route balanced over all their targets ([`Balance`]), with passive health, an optional
+//! active check ([`HealthCheck`]) and each target's provider [`Verdict`] (Docker's health
+//! check); [`RouteStatus::targets`] reports each target.
 //!
 //! ```no_run
 //! use proxy_core::{Protocol, RouteSpec, RouteTable, Target};
@@ -44,7 +45,7 @@ pub use error::{DialError, RouteError};
 // (`route_spec::fields`, `route_spec::nets`) is not re-exported: only providers use it.
 pub use route_spec::{
     AcceptProxy, Balance, ConnInfo, Direction, Family, HealthCheck, Hooks, IpNet, OnReadHook, OptionError, PreDialHook,
-    Protocol, ProxyVersion, Rate, RouteId, RouteOptions, RouteSpec, Scheme, SpecError, Target,
+    Protocol, ProviderHealth, ProxyVersion, Rate, RouteId, RouteOptions, RouteSpec, Scheme, SpecError, Target, Verdict,
 };
 pub use stats::{RouteState, RouteStatus, StatsSnapshot, TargetStatus};
 pub use table::plan::clash::{Clash, clashes};

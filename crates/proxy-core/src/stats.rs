@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use route_spec::{RouteId, RouteSpec, Target};
+use route_spec::{RouteId, RouteSpec, Target, Verdict};
 
 /// Declares the counters once: each becomes an atomic field of [`RouteStats`], a field of
 /// [`StatsSnapshot`] (0 when missing from its JSON) and a line of [`RouteStats::snapshot`].
@@ -165,7 +165,7 @@ pub struct TargetStatus {
     /// The target.
     pub target: Target,
     /// False while the target is marked down (a failed dial or health check), until it
-    /// answers again.
+    /// answers again; and while its provider calls it unhealthy, whatever dials say.
     pub healthy: bool,
     /// TCP connections or UDP sessions open on it now.
     pub active: u64,
@@ -175,6 +175,9 @@ pub struct TargetStatus {
     pub failures: u64,
     /// The latest failure, kept after it recovers.
     pub last_error: Option<String>,
+    /// Its provider's verdict (`docker: unhealthy`), when the provider gives one.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
 }
 
 impl RouteStatus {

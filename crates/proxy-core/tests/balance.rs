@@ -14,7 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use proxy_core::{Balance, HealthCheck, Protocol, RouteOptions, RouteSpec, RouteState, RouteTable, Target};
+use proxy_core::{
+    Balance, HealthCheck, Protocol, ProviderHealth, RouteOptions, RouteSpec, RouteState, RouteTable, Target, Verdict,
+};
 use route_spec::RouteDraft;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
@@ -362,6 +364,91 @@ async fn an_active_health_check_marks_a_target_down_and_up_again_without_any_cli
     eventually("the check marks b up", || target_status(&table, "app", b_addr).healthy).await;
     let names = [who(addr).await, who(addr).await];
     assert!(names.contains(&"b".to_string()), "{names:?}");
+    table.shutdown().await;
+}
+
+/// `target` with Docker's verdict `health`.
+fn docker_says(target: Target, health: ProviderHealth) -> Target {
+    target.with_verdict(Some(Verdict::new("docker", health)))
+}
+
+#[tokio::test]
+async fn a_provider_verdict_moves_new_clients_in_place_and_leaves_open_connections_alone() {
+    init_tracing();
+    let (a, b) = (named("a"), named("b"));
+    let listen = refused_addr();
+    // With an active check that finds both targets answering all along.
+    let checked = RouteOptions {
+        health_check: HealthCheck::Tcp,
+        health_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let route = |a_says: ProviderHealth, b_says: ProviderHealth| {
+        let targets = vec![docker_says(a.target(), a_says), docker_says(b.target(), b_says)];
+        RouteSpec::new("app", Protocol::Tcp, listen, targets).with_options(checked.clone())
+    };
+    use ProviderHealth::{Healthy, Starting, Unhealthy};
+    let table = RouteTable::new();
+    table.apply(vec![route(Healthy, Healthy)]).await;
+    let mut on_b = loop {
+        let (conn, name) = reach(listen, None, 1).await;
+        if name == "b" {
+            break conn;
+        }
+    };
+
+    // b is called unhealthy: updated in place; new clients all reach a; b's client stays.
+    let report = table.apply(vec![route(Healthy, Unhealthy)]).await;
+    assert_eq!(report.updated.len(), 1, "{report:?}");
+    for _ in 0..4 {
+        assert_eq!(who(listen).await, "a");
+    }
+    echo_once(&mut on_b, b"still on b").await;
+    let sick = target_status(&table, "app", b.addr);
+    assert!(!sick.healthy, "an unhealthy verdict is down though every dial and check of b succeeds");
+    let checks = b.accepted();
+    eventually("the active check keeps reaching b", || b.accepted() > checks).await;
+    assert_eq!(who(listen).await, "a");
+    assert_eq!(sick.verdict.map(|v| v.to_string()).as_deref(), Some("docker: unhealthy"));
+    assert_eq!(sick.active, 1, "the open connection still counts on b");
+
+    // Starting is a lower tier: unused while a is healthy, used once a is not.
+    table.apply(vec![route(Healthy, Starting)]).await;
+    for _ in 0..4 {
+        assert_eq!(who(listen).await, "a");
+    }
+    assert!(target_status(&table, "app", b.addr).healthy, "starting is not down");
+    table.apply(vec![route(Unhealthy, Starting)]).await;
+    for _ in 0..4 {
+        assert_eq!(who(listen).await, "b");
+    }
+
+    // Every target called unhealthy: they are all still tried.
+    table.apply(vec![route(Unhealthy, Unhealthy)]).await;
+    let names = tally([who(listen).await, who(listen).await, who(listen).await]);
+    assert_eq!(names.values().sum::<usize>(), 3, "nobody is refused: {names:?}");
+
+    // Healthy again: both in the rotation.
+    table.apply(vec![route(Healthy, Healthy)]).await;
+    let names = tally([who(listen).await, who(listen).await]);
+    assert_eq!(names, HashMap::from([("a".into(), 1), ("b".into(), 1)]));
+    echo_once(&mut on_b, b"and still").await;
+    assert_eq!(status_of(&table, "app").bound, Some(listen), "never rebound");
+    table.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_udp_target_called_unhealthy_gets_no_new_session() {
+    init_tracing();
+    let a = NamedUdp::start("a", 0).await;
+    let b = NamedUdp::start("b", 0).await;
+    let targets = vec![a.target(), docker_says(b.target(), ProviderHealth::Unhealthy)];
+    let table = RouteTable::new();
+    let proxy = apply_one(&table, RouteSpec::new("dns", Protocol::Udp, SocketAddr::new(LOCALHOST, 0), targets)).await;
+    for _ in 0..4 {
+        let socket = UdpSocket::bind((LOCALHOST, 0)).await.expect("bind a client");
+        assert_eq!(udp_roundtrip(&socket, proxy, b"who").await, b"a");
+    }
     table.shutdown().await;
 }
 

@@ -1,9 +1,10 @@
 //! route-spec: the route vocabulary. What a provider asks the core to forward, as plain
 //! values, and the one field grammar Docker labels and the routes file are written in.
 //!
-//! - [`RouteSpec`] and its parts ([`Protocol`], [`Family`], [`Target`], [`RouteOptions`],
-//!   [`Balance`], [`HealthCheck`], the PROXY settings, [`Hooks`]): the contract between
-//!   the providers (docker-watcher, the routes file) and proxy-core's route table.
+//! - [`RouteSpec`] and its parts ([`Protocol`], [`Family`], [`Target`] with its provider's
+//!   [`Verdict`], [`RouteOptions`], [`Balance`], [`HealthCheck`], the PROXY settings,
+//!   [`Hooks`]): the contract between the providers (docker-watcher, the routes file) and
+//!   proxy-core's route table.
 //! - [`fields`]: every route field declared once ([`fields::FIELDS`]: name, help, value
 //!   kind, default), the [`RouteDraft`] that labels and files fill, did-you-mean
 //!   hints, and the clipping and escaping of user input in error text.
@@ -39,4 +40,4 @@ pub use protocol::{Family, Protocol, Scheme};
 pub use proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use rate::{Rate, RateError};
 pub use route::{RouteId, RouteSpec};
-pub use target::Target;
+pub use target::{ProviderHealth, Target, Verdict};
