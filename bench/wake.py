@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -102,41 +103,41 @@ def until_answered(addr, deadline):
 
 
 def floor_cli(container, target, limit):
-    t0 = time.perf_counter()
+    wall0, t0 = time.time_ns(), time.perf_counter()
     r = subprocess.run(["docker", "start", container], capture_output=True, text=True, timeout=limit)
     started = time.perf_counter()
     if r.returncode != 0:
         raise RuntimeError(f"docker start: {r.stderr.strip()}")
     tries = until_answered(target, t0 + limit)
-    t1 = time.perf_counter()
-    return {"ms": (t1 - t0) * 1e3, "start_ms": (started - t0) * 1e3, "tries": tries}
+    t1, wall1 = time.perf_counter(), time.time_ns()
+    return {"ms": (t1 - t0) * 1e3, "start_ms": (started - t0) * 1e3, "tries": tries, "wall": (wall0, wall1)}
 
 
 def floor_api(container, target, limit):
-    t0 = time.perf_counter()
+    wall0, t0 = time.time_ns(), time.perf_counter()
     status, body = api("POST", f"/containers/{container}/start", timeout=limit)
     started = time.perf_counter()
     if status not in (204, 304):
         raise RuntimeError(f"POST /containers/{container}/start: HTTP {status} {body[:200]!r}")
     tries = until_answered(target, t0 + limit)
-    t1 = time.perf_counter()
-    return {"ms": (t1 - t0) * 1e3, "start_ms": (started - t0) * 1e3, "tries": tries}
+    t1, wall1 = time.perf_counter(), time.time_ns()
+    return {"ms": (t1 - t0) * 1e3, "start_ms": (started - t0) * 1e3, "tries": tries, "wall": (wall0, wall1)}
 
 
 def through_dockward(listen, limit):
-    t0 = time.perf_counter()
+    wall0, t0 = time.time_ns(), time.perf_counter()
     s = socket.create_connection(listen, timeout=limit)
     try:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connected = time.perf_counter()
         s.sendall(REQUEST)
         first = s.recv(1)
-        t1 = time.perf_counter()
+        t1, wall1 = time.perf_counter(), time.time_ns()
     finally:
         s.close()
     if not first:
         raise RuntimeError("dockward closed the connection without a reply (the wake failed?)")
-    return {"ms": (t1 - t0) * 1e3, "connect_ms": (connected - t0) * 1e3}
+    return {"ms": (t1 - t0) * 1e3, "connect_ms": (connected - t0) * 1e3, "wall": (wall0, wall1)}
 
 
 def state(container):
@@ -171,6 +172,45 @@ def wait_asleep(container, admin, alias, limit):
     raise TimeoutError(f"{container} not asleep within {limit} s (engine, dockward: {seen})")
 
 
+class StartEvents:
+    """The engine's `start` events of one container, followed live (the engine keeps only its
+    last ~1,000 events, which a busy engine turns over in minutes), as nanosecond wall-clock
+    times: the engine's clock is this machine's."""
+
+    def __init__(self, container):
+        self.times = []
+        self.proc = subprocess.Popen(
+            ["docker", "events", "--filter", f"container={container}", "--filter", "type=container",
+             "--filter", "event=start", "--format", "{{.TimeNano}}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.strip().isdigit():
+                self.times.append(int(line))
+
+    def stop(self):
+        """Every event so far (waits a moment for the last one to be read)."""
+        time.sleep(0.5)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.thread.join(timeout=10)
+        return sorted(self.times)
+
+
+def split_at_start(details, events):
+    """Each measurement cut at the engine's `start` event that fell inside it: (request →
+    event, event → reply) in ms; None when no event did."""
+    out = []
+    for d in details:
+        w0, w1 = d["wall"]
+        ev = next((e for e in events if w0 <= e <= w1), None)
+        out.append(None if ev is None else ((ev - w0) / 1e6, (w1 - ev) / 1e6))
+    return out
+
+
 def awake_times(log_path):
     """dockward's own figure for each wake: `container awake ... took_ms=N`."""
     try:
@@ -198,6 +238,19 @@ def run(args):
     details = {k: [] for k in KINDS}
     api_ok = engine_socket() is not None
     wait_asleep(container, admin, alias, limit)
+    follow = StartEvents(container)
+    time.sleep(0.5)  # let `docker events` subscribe; an event it misses only leaves a split out
+    try:
+        measure(rounds, container, admin, alias, listen, target, limit, api_ok, samples, details)
+    finally:
+        events = follow.stop()
+    rec = {"target": "dockward", "scenario": "wake", "rounds": rounds, "samples_ms": samples}
+    summarise(rec, samples, details, events, log_path)
+    return rec
+
+
+def measure(rounds, container, admin, alias, listen, target, limit, api_ok, samples, details):
+    """The rounds: each kind once per round, in a rotating order."""
     for n in range(rounds):
         order = KINDS[n % 3:] + KINDS[:n % 3]
         for kind in order:
@@ -215,7 +268,11 @@ def run(args):
             wait_asleep(container, admin, alias, limit)
         print(f"wake round {n + 1}/{rounds}: "
               + ", ".join(f"{k} {samples[k][-1]:.1f} ms" for k in KINDS if samples[k]), file=sys.stderr)
-    rec = {"target": "dockward", "scenario": "wake", "rounds": rounds, "samples_ms": samples}
+
+
+def summarise(rec, samples, details, events, log_path):
+    """Percentiles, the start calls' own times, the cuts at the engine's start events, and
+    dockward's own wake figures, into `rec`."""
     for k in KINDS:
         xs = samples[k]
         if xs:
@@ -225,10 +282,20 @@ def run(args):
             rec[k]["start_p50_ms"] = statistics.median(d["start_ms"] for d in details[k])
             # Connect tries after the start call returned: 1 means redis listened by then.
             rec[k]["tries_max"] = max(d["tries"] for d in details[k])
+            rec[k]["tries"] = [d["tries"] for d in details[k]]
+    for k in KINDS:
+        if k not in rec:
+            continue
+        cuts = [c for c in split_at_start(details[k], events) if c is not None]
+        if cuts:
+            rec[k]["to_start_event_p50_ms"] = statistics.median(c[0] for c in cuts)
+            rec[k]["after_start_event_p50_ms"] = statistics.median(c[1] for c in cuts)
+            rec[k]["cut"] = len(cuts)
+        rec[k]["split_ms"] = [None if c is None else [round(c[0], 1), round(c[1], 1)]
+                              for c in split_at_start(details[k], events)]
     inside = awake_times(log_path)[-len(samples["dockward"]):] if log_path else []
     if inside:
         rec["dockward"]["inside_p50_ms"] = statistics.median(inside)
-    return rec
 
 
 def fmt(v):
@@ -241,8 +308,8 @@ def table(rec):
     w = out.append
     d = rec.get("dockward", {})
     w(f"| from a sleeping container to the first reply byte, {rec['rounds']} rounds (ms) | p50 | p99 | min | "
-      "dockward p50 − this p50 |")
-    w("| --- | ---: | ---: | ---: | ---: |")
+      "p50 to the engine's `start` event | p50 from it to the reply | dockward p50 − this p50 |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     names = {
         "floor-cli": "floor: `docker start` (CLI) + connect loop",
         "floor-api": "floor: engine API start + connect loop",
@@ -253,11 +320,12 @@ def table(rec):
         if not r:
             continue
         gap = "" if k == "dockward" or not d else f"{d['p50_ms'] - r['p50_ms']:+.1f}"
-        w(f"| {names[k]} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['min_ms'])} | {gap} |")
+        w(f"| {names[k]} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['min_ms'])} | "
+          f"{fmt(r.get('to_start_event_p50_ms'))} | {fmt(r.get('after_start_event_p50_ms'))} | {gap} |")
     cli = rec.get("floor-cli")
     if d and cli:
         gap = d["p50_ms"] - cli["p50_ms"]
-        w(f"| issue 14 target: dockward p50 within 25 ms of the floor's | | | | "
+        w(f"| issue 14 target: dockward p50 within 25 ms of the floor's | | | | | | "
           f"{'met' if gap <= 25 else 'missed'} ({gap:+.1f}) |")
     w("")
     parts = []

@@ -69,6 +69,8 @@ cleanup() {
         kill "$DW_PID" 2>/dev/null || true
         wait "$DW_PID" 2>/dev/null || true
     fi
+    # dockward's log (its wake and sleep lines, with took_ms) outlives the run.
+    mkdir -p "$BENCH/out" && cp "$T/dockward.log" "$BENCH/out/wake-dockward.log" 2>/dev/null || true
     docker ps -aq --filter "label=$RUN_LABEL=$RUN" | xargs -r docker rm -f >/dev/null 2>&1 || true
     rm -rf "$T"
 }
