@@ -333,7 +333,7 @@ def table(rec):
         if rec.get(k, {}).get("start_p50_ms") is not None:
             parts.append(f"{what} took {fmt(rec[k]['start_p50_ms'])} ms (p50)")
     if d.get("inside_p50_ms") is not None:
-        parts.append(f"dockward's own wake figure (start called → target accepting, its log's `took_ms`) "
+        parts.append(f"dockward's own wake figure (its inspect, start and readiness wait: `took_ms` in its log) "
                      f"{fmt(d['inside_p50_ms'])} ms (p50)")
     tries = [rec[k]["tries_max"] for k in ("floor-cli", "floor-api") if rec.get(k, {}).get("tries_max")]
     if tries:
