@@ -69,7 +69,8 @@ fuzz:
 	done
 
 # Loopback benchmark against direct, HAProxy, nginx stream and socat (bench/README.md); about
-# 12 minutes, writes bench/RESULTS.md. BENCH_QUICK=1 for a ~2-minute smoke run.
+# 15 minutes, writes bench/RESULTS.md. BENCH_QUICK=1 for a ~3-minute smoke run. Its wake
+# scenario (bench/wake.sh, issue 14) needs Docker and is skipped, saying why, without it.
 bench:
 	bash bench/run.sh
 

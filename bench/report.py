@@ -19,6 +19,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+from wake import table as wake_table
+
 TARGETS = ["direct", "dockward", "haproxy", "nginx", "socat"]
 PEERS = ["haproxy", "nginx", "socat"]
 
@@ -490,6 +492,19 @@ def table(path):
         w("| total | " + " | ".join(totals) + " |")
         w("| connections traced | " + " | ".join(f"{r.get('conns', 0):,}" for r in st.values()) + " |")
         w("")
+
+    # Wake from idle sleep (bench/wake.sh, needs Docker).
+    wk = by.get(("wake", "dockward"), [])
+    if wk:
+        w("## Wake from idle sleep (issue 14)")
+        w("")
+        w("bench/wake.sh: one host-network redis container (the host's redis-server in the test image), asleep "
+          "(stopped by dockward after `idle_timeout=1s`); from the stopped container to the first byte of the "
+          "reply to one `PING`, in interleaved rounds (rotating order): `docker start` + a connect loop "
+          "(1 ms retries) straight to redis, the engine API's start + the same loop, and one client at "
+          "dockward's port (held while dockward starts the container and waits until redis accepts).")
+        w("")
+        w(wake_table(wk[-1]))
 
     # Notes: setup and anything skipped.
     w("## What ran")

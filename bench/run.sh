@@ -23,12 +23,13 @@ log() { printf '[bench %4ds] %s\n' $((SECONDS - START_SECONDS)) "$*" >&2; }
 if [ "$BENCH_QUICK" != 0 ]; then
     IPERF_SECS=1 IPERF_RUNS=1 LAT_SECS=1 LAT_ROUNDS=1 SOCKPERF_SECS=0 CHURN_SECS=1 CHURN_ROUNDS=1
     IDLE_CONNS=2000 SOCAT_CONNS=200 UDP_STEP_SECS=0.25 UDP_BISECT=1 UDP_ROUNDS=1 UDP_SESSIONS=2000
-    ROUTE_EDITS=5 CHURN_ROUTES=1000 ROUTE_CHURN_SECS=5
+    ROUTE_EDITS=5 CHURN_ROUTES=1000 ROUTE_CHURN_SECS=5 WAKE_ROUNDS=5
 else
     IPERF_SECS=3 IPERF_RUNS=5 LAT_SECS=2 LAT_ROUNDS=3 SOCKPERF_SECS=3 CHURN_SECS=2 CHURN_ROUNDS=3
     IDLE_CONNS=10000 SOCAT_CONNS=1000 UDP_STEP_SECS=1 UDP_BISECT=3 UDP_ROUNDS=3 UDP_SESSIONS=10000
-    ROUTE_EDITS=20 CHURN_ROUTES=1000 ROUTE_CHURN_SECS=15
+    ROUTE_EDITS=20 CHURN_ROUTES=1000 ROUTE_CHURN_SECS=15 WAKE_ROUNDS=20
 fi
+WAKE_ROUNDS=${BENCH_WAKE_ROUNDS:-$WAKE_ROUNDS}
 IPERF_SECS=${BENCH_IPERF_SECS:-$IPERF_SECS}
 IPERF_RUNS=${BENCH_IPERF_RUNS:-$IPERF_RUNS}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-$IDLE_CONNS}
@@ -38,7 +39,7 @@ CHURN_CONC=${BENCH_CHURN_CONCURRENCY:-50}
 # Which targets to run (a subset is handy while developing).
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct dockward haproxy nginx socat}"
 # Which scenarios to run (a subset for a targeted measurement; the report shows what ran).
-SCENARIOS=" ${BENCH_SCENARIOS:-bulk latency churn udp idle sessions route} "
+SCENARIOS=" ${BENCH_SCENARIOS:-bulk latency churn udp idle sessions route wake} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 # Everything the bench starts runs at this priority, so a compile in the background disturbs the
@@ -169,7 +170,7 @@ LG=$BENCH/loadgen/target/release/loadgen
 
 # proxy-core's apply timed in process; follows proxy-core's API, so a build failure only skips it.
 APPLY_PROBE=""
-if [[ " ${TARGETS[*]} " == *" dockward "* ]]; then
+if want route && [[ " ${TARGETS[*]} " == *" dockward "* ]]; then
     log "building bench/apply-probe (proxy-core, release)"
     if cargo build --release --manifest-path "$BENCH/apply-probe/Cargo.toml" --target-dir "$BENCH/apply-probe/target" \
         >"$OUT/apply-probe-build.log" 2>&1; then
@@ -226,7 +227,7 @@ done
 EDIT_PORTS=$(IFS=,; echo "${PORTS[*]:i:ROUTE_EDITS}")
 printf '%s\n' "${PORTS[@]:i+ROUTE_EDITS:CHURN_ROUTES}" >"$T/churn-ports"
 
-BENCH_PARAMS="iperf3 ${IPERF_SECS} s × ${IPERF_RUNS} runs (median); ping-pong ${LAT_ROUNDS} × ${LAT_SECS} s (median of rounds); $([ "$SOCKPERF_SECS" = 0 ] && echo "no sockperf" || echo "sockperf ${SOCKPERF_SECS} s"); churn ${CHURN_ROUNDS} × ${CHURN_SECS} s at ${CHURN_CONC} concurrent; idle ${IDLE_CONNS} connections (socat ${SOCAT_CONNS}); UDP search steps of ${UDP_STEP_SECS} s, doubling from 10 kpps then ${UDP_BISECT} bisections, ${UDP_ROUNDS} rounds (median); ${UDP_SESSIONS} UDP sessions (socat ${SOCAT_CONNS}); route apply over ${ROUTE_EDITS} edits; ${CHURN_ROUTES} routes churned for ${ROUTE_CHURN_SECS} s"
+BENCH_PARAMS="iperf3 ${IPERF_SECS} s × ${IPERF_RUNS} runs (median); ping-pong ${LAT_ROUNDS} × ${LAT_SECS} s (median of rounds); $([ "$SOCKPERF_SECS" = 0 ] && echo "no sockperf" || echo "sockperf ${SOCKPERF_SECS} s"); churn ${CHURN_ROUNDS} × ${CHURN_SECS} s at ${CHURN_CONC} concurrent; idle ${IDLE_CONNS} connections (socat ${SOCAT_CONNS}); UDP search steps of ${UDP_STEP_SECS} s, doubling from 10 kpps then ${UDP_BISECT} bisections, ${UDP_ROUNDS} rounds (median); ${UDP_SESSIONS} UDP sessions (socat ${SOCAT_CONNS}); route apply over ${ROUTE_EDITS} edits; ${CHURN_ROUTES} routes churned for ${ROUTE_CHURN_SECS} s; ${WAKE_ROUNDS} wakes of each kind"
 export BENCH_PARAMS BENCH_PINNING=$PINNING
 
 # ------------------------------------------------------------------------------ servers
@@ -690,6 +691,17 @@ if want route; then
     log "6. route churn"
     apply_probe
     if [[ " ${UP[*]} " == *" dockward "* ]]; then route_churn; fi
+fi
+
+# Needs Docker: bench/wake.sh says why and records a note when it cannot run.
+if want wake; then
+    log "7. wake from idle sleep: ${WAKE_ROUNDS} rounds, floor (docker start + connect loop) against dockward"
+    if [ -z "$DOCKWARD" ]; then
+        note dockward "wake: no dockward binary, not measured"
+    elif ! BENCH_DOCKWARD_BIN=$DOCKWARD BENCH_WAKE_RESULTS=$RESULTS BENCH_WAKE_ROUNDS=$WAKE_ROUNDS BENCH_NICE=$NICE \
+        timeout $((WAKE_ROUNDS * 60 + 120)) bash "$BENCH/wake.sh"; then
+        note dockward "wake: bench/wake.sh failed (its output is above)"
+    fi
 fi
 
 # ------------------------------------------------------------------------------ report
