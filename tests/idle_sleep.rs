@@ -211,6 +211,7 @@ async fn dnsmasq_sleeps_and_the_first_query_is_answered() {
         ("proxy.aliases".to_string(), "dns".to_string()),
         ("proxy.dns.scheme".to_string(), "udp".to_string()),
         ("proxy.dns.port".to_string(), port),
+        ("proxy.dns.bind".to_string(), "127.0.0.1".to_string()),
         ("proxy.idle_timeout".to_string(), "2s".to_string()),
     ];
     let c = engine.run(&dnsmasq(target, &refs(&l))).await;

@@ -57,11 +57,13 @@ pub fn redis(port: u16, labels: &[(&str, &str)]) -> ContainerSpec {
     }
 }
 
-/// Labels of a route `alias` with port spec `port`, sleeping after `idle`.
+/// Labels of a route `alias` with port spec `port` (listening on loopback only), sleeping
+/// after `idle`.
 pub fn labels(alias: &str, port: &str, idle: &str) -> Vec<(String, String)> {
     vec![
         ("proxy.aliases".into(), alias.into()),
         (format!("proxy.{alias}.port"), port.into()),
+        (format!("proxy.{alias}.bind"), "127.0.0.1".into()),
         ("proxy.idle_timeout".into(), idle.into()),
     ]
 }
