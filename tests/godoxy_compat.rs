@@ -9,14 +9,25 @@
 //! where dockward deliberately differs from GoDoxy; the README's "Coming from GoDoxy"
 //! section lists the same differences.
 //!
-//! The labels go through `docker_watcher::parse_labels`, the function the Docker provider
-//! and `dockward check --labels` use; a few cases also run through the built binary below.
+//! Container facts may also give its ports, `exposed: [53/udp, 80/tcp]` and `published:
+//! ["5353:53/udp", "127.0.0.1:8080:80/tcp"]` (HOST_PORT:CONTAINER_PORT/PROTOCOL, with an
+//! optional host address first), and `engine: 192.168.2.100` for a remote engine at that
+//! address (default: local). Published ports count as exposed too, as in the engine's answers.
+//!
+//! The labels go through `docker_watcher::parse_container_labels`, the function the Docker
+//! provider and `dockward check --container` use (for a container without ports on a local
+//! engine it is `parse_labels`, which `dockward check --labels` uses); a few cases also run
+//! through the built binary below.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use docker_watcher::{ContainerRoutes, ContainerState, ContainerView, parse_labels};
+use docker_watcher::{
+    ContainerPorts, ContainerRoutes, ContainerState, ContainerView, EngineSite, ExposedPort, PublishedPort,
+    parse_container_labels, parse_labels,
+};
+use route_spec::Protocol;
 use dockward_tests::dockward::{run, workspace_root};
 use serde_norway::Value;
 
@@ -30,6 +41,7 @@ struct Case {
     file: String,
     name: String,
     view: ContainerView,
+    site: EngineSite,
     self_networks: Vec<String>,
     routes: Vec<String>,
     skipped: Vec<String>,
@@ -53,6 +65,45 @@ fn list(v: Option<&Value>) -> Vec<String> {
         Some(Value::Sequence(items)) => items.iter().map(text).collect(),
         Some(other) => panic!("expected a list, got {other:?}"),
     }
+}
+
+/// `53/udp` → (53, UDP); no protocol is TCP.
+fn port_and_protocol(text: &str) -> (u16, Protocol) {
+    let (port, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let protocol = match proto {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => panic!("protocol {other:?}: expected tcp or udp"),
+    };
+    (port.parse().unwrap_or_else(|_| panic!("{text:?}: expected PORT/PROTOCOL")), protocol)
+}
+
+/// The `exposed` and `published` container facts; published ports are exposed too.
+fn ports(container: Option<&Value>) -> ContainerPorts {
+    let facts = |k: &str| list(container.and_then(|c| c.get(k)));
+    let published: Vec<PublishedPort> = facts("published")
+        .iter()
+        .map(|p| {
+            let (host, container_port) = p.rsplit_once(':').unwrap_or_else(|| panic!("{p:?}: expected HOST:CONTAINER"));
+            let (host_ip, host_port) = host.rsplit_once(':').unwrap_or(("", host));
+            let (container_port, protocol) = port_and_protocol(container_port);
+            PublishedPort {
+                container_port,
+                protocol,
+                host_ip: host_ip.to_string(),
+                host_port: host_port.parse().expect("a host port"),
+            }
+        })
+        .collect();
+    let mut exposed: Vec<ExposedPort> = facts("exposed")
+        .iter()
+        .map(|e| port_and_protocol(e))
+        .chain(published.iter().map(|p| (p.container_port, p.protocol)))
+        .map(|(port, protocol)| ExposedPort { port, protocol })
+        .collect();
+    exposed.sort();
+    exposed.dedup();
+    ContainerPorts { exposed, published }
 }
 
 fn load_cases() -> Vec<Case> {
@@ -101,8 +152,10 @@ fn load_cases() -> Vec<Case> {
                     labels,
                     network_mode,
                     networks,
+                    ports: ports(container),
                     state: ContainerState::Running,
                 },
+                site: fact("engine").map(EngineSite::Remote).unwrap_or_default(),
                 self_networks: list(container.and_then(|c| c.get("self_networks"))),
                 routes: list(get("routes")),
                 skipped: list(get("skipped")),
@@ -131,7 +184,10 @@ fn every_godoxy_case_gives_the_expected_routes_skips_and_errors() {
     assert!(cases.len() >= 60, "the suite holds {} cases; at least 60 are wanted", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
-        let r = parse_labels(&case.view, &case.self_networks);
+        let r = parse_container_labels(&case.view, &case.site, &case.self_networks);
+        if case.view.ports == ContainerPorts::default() && case.site == EngineSite::Local {
+            assert_eq!(r, parse_labels(&case.view, &case.self_networks), "{}: without ports, as parse_labels", case.name);
+        }
         let routes = route_lines(&r);
         let skipped: Vec<String> = r.skipped.iter().map(|s| format!("{}: {}", s.alias, s.reason)).collect();
         let errors: Vec<String> = r.errors.iter().map(ToString::to_string).collect();
@@ -217,6 +273,7 @@ fn the_godoxy_example_compose_file_makes_its_documented_routes() {
             networks: [("bridge".to_string(), Some(format!("172.17.0.{}", i + 2).parse().expect("an IP")))]
                 .into_iter()
                 .collect(),
+            ports: Default::default(),
             state: ContainerState::Running,
         };
         let r = parse_labels(&view, &[]);

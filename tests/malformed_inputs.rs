@@ -101,6 +101,7 @@ fn view(case: &serde_norway::Mapping) -> ContainerView {
         labels,
         network_mode: text(case, "network_mode").unwrap_or_else(|| "host".into()),
         networks,
+        ports: Default::default(),
         state: ContainerState::Running,
     }
 }
@@ -213,6 +214,7 @@ fn pathological_labels_are_errors_not_panics() {
         name: "box".into(),
         labels,
         network_mode: "host".into(),
+        ports: Default::default(),
         state: ContainerState::Running,
         ..Default::default()
     };

@@ -128,6 +128,7 @@ fuzz_target!(|input: Input| {
             .iter()
             .map(|(n, ip)| (NETWORKS[usize::from(*n) % NETWORKS.len()].to_string(), ip.map(IpAddr::from)))
             .collect(),
+        ports: Default::default(),
         state: ContainerState::Running,
     };
     let own: Vec<String> =

@@ -20,8 +20,9 @@
 //! answers to views), `health` (a container's health check as its targets' verdict),
 //! `events` (which events matter), `memory` (the snapshot's entries and
 //! how answers change them), `recheck` (when to look at a settling service again), `config`,
-//! `snapshot` and `error`, and `targets` (containers a remote engine or user-mode networking
-//! hides: reached on their engine's machine, on the host network or a published port).
+//! `snapshot` and `error`, and `targets` (where routes without `host` forward to: the
+//! container's address, or its engine's machine on the host network or a published port,
+//! [`parse_container_labels`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -53,8 +54,8 @@ pub use io::watcher::DockerWatcher;
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, parse_labels};
 pub use snapshot::DockerSnapshot;
 pub use swarm::{ServiceView, TaskView, parse_service_labels};
-pub use targets::EngineSite;
-pub use views::PublishedPort;
+pub use labels::{ContainerPorts, ExposedPort, PublishedPort};
+pub use targets::{EngineSite, parse_container_labels};
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.
 ///
@@ -68,6 +69,7 @@ pub fn check_labels(pairs: &[(String, String)], name: &str) -> ContainerRoutes {
         labels: pairs.iter().cloned().collect(),
         network_mode: "host".to_string(),
         networks: Default::default(),
+        ports: Default::default(),
         state: ContainerState::Running,
     };
     let mut routes = parse_labels(&view, &[]);

@@ -1,18 +1,21 @@
-//! Targets that a container's own address cannot serve: containers of an engine on another
-//! machine, and rootless Podman containers on `pasta` or `slirp4netns` networking, whose
-//! address no other process can reach. Pure: facts in, routes out.
+//! Targets for routes without `host`, once the labels are parsed: where a container's
+//! routes forward to, as GoDoxy's `finalize.go` decides it. Pure: facts in, routes out.
 //!
-//! Such a container is reached on its engine's machine instead (the address from the
-//! engine's URL; 127.0.0.1 for a local engine):
+//! - A container on the host network is reached on `127.0.0.1` (its engine's machine when
+//!   the engine is remote), on the route's own target port.
+//! - A container with an address dockward can use (see [`crate::labels`]: `proxy.network`,
+//!   a network dockward shares, else its first) is reached there. When the label names a
+//!   port the container publishes rather than one of its own (`-p 8080:80` and
+//!   `port: 2222:8080`), the container port is the target (80), as in GoDoxy.
+//! - Every other container is reached on its engine's machine instead (the address from the
+//!   engine's URL; 127.0.0.1 for a local engine) on the port it publishes for the target
+//!   port and protocol, as GoDoxy does with its public hostname: containers of a remote
+//!   engine, rootless Podman containers on `pasta` or `slirp4netns` networking, and local
+//!   containers with no address at all. A port published on one address only is reached
+//!   there, unless that is a loopback address of a remote machine. A port it does not
+//!   publish leaves the alias an error row saying why and what to do.
 //!
-//! - with network mode `host`, on the route's own target port;
-//! - else on the port it publishes for the target port and protocol (`-p 8080:80`: target
-//!   port 80 becomes 8080), as GoDoxy's port selection does; a port published on one
-//!   address only is reached there, unless that is a loopback address of a remote machine;
-//! - else not at all: the alias is an error row saying why and what to do.
-//!
-//! `proxy.<alias>.host` overrides all of this, as everywhere. Every other container goes
-//! through [`parse_labels`] unchanged.
+//! `proxy.<alias>.host` overrides all of this, as everywhere.
 //!
 //! The labels are parsed once, with a placeholder address standing for "the container"
 //! (given as the container's only network), and each route whose target is the placeholder
@@ -22,8 +25,11 @@ use std::net::IpAddr;
 
 use route_spec::{Protocol, RouteSpec};
 
-use crate::labels::{ContainerRoutes, ContainerView, LABEL_NETWORK, LabelError, parse_labels};
-use crate::views::{ContainerFacts, PublishedPort};
+use crate::labels::{
+    ContainerPorts, ContainerRoutes, ContainerView, LABEL_NETWORK, LabelError, PublishedPort, parse_labels,
+};
+use crate::labels::target::resolve_target;
+use crate::views::ContainerFacts;
 
 /// The placeholder target host: an address no label would name as a target.
 const PLACEHOLDER: &str = "0.0.0.1";
@@ -41,22 +47,40 @@ pub enum EngineSite {
     Remote(String),
 }
 
-/// Why a container is reached through its engine's machine, if it is.
+/// How a container's routes without `host` reach it.
 enum Via<'a> {
+    /// On its own address.
+    Address(String),
     /// A remote engine at this address.
     Remote(&'a str),
     /// A local container on user-mode networking (`pasta`, `slirp4netns`).
     UserMode(&'a str),
+    /// A local container without an address: why it has none.
+    NoAddress(String),
 }
 
-/// The routes and errors of one container of an engine at `site`.
+/// The routes and errors of one container of an engine at `site`, as the watcher sees them.
 pub(crate) fn container_routes(facts: &ContainerFacts, site: &EngineSite, own_networks: &[String]) -> ContainerRoutes {
-    let view = &facts.view;
+    parse_container_labels(&facts.view, site, own_networks)
+}
+
+/// The routes and errors of the container `view` of an engine at `site`, with targets as
+/// GoDoxy picks them (see the module documentation): what the Docker provider serves.
+///
+/// `own_networks` are the networks of dockward's own container when it runs in one (empty
+/// otherwise), as for [`parse_labels`], which this is plus the container's published ports.
+pub fn parse_container_labels(view: &ContainerView, site: &EngineSite, own_networks: &[String]) -> ContainerRoutes {
     let via = match site {
         EngineSite::Remote(host) => Via::Remote(host),
         EngineSite::Local => match user_mode_network(&view.network_mode) {
             Some(mode) => Via::UserMode(mode),
-            None => return parse_labels(view, own_networks),
+            None => match resolve_target(view, own_networks) {
+                Ok(_) if view.network_mode == "host" => return parse_labels(view, own_networks),
+                Ok(address) => Via::Address(address),
+                Err(LabelError::NoTarget { reason }) => Via::NoAddress(reason),
+                // A `proxy.network` problem: the labels say it themselves.
+                Err(_) => return parse_labels(view, own_networks),
+            },
         },
     };
     let network = view.labels.get(LABEL_NETWORK).map(|n| n.trim().to_string()).unwrap_or(PLACEHOLDER_NETWORK.into());
@@ -69,9 +93,9 @@ pub(crate) fn container_routes(facts: &ContainerFacts, site: &EngineSite, own_ne
     let mut out = parse_labels(&probe, &[]);
     let routes = std::mem::take(&mut out.routes);
     for mut route in routes {
-        match resolve(&mut route, view, &facts.published, &via) {
+        match resolve(&mut route, view, &via) {
             Ok(()) => out.routes.push(route),
-            Err(reason) => out.errors.push(LabelError::NoTarget { reason }),
+            Err(e) => out.push_error(e),
         }
     }
     out
@@ -83,16 +107,21 @@ fn user_mode_network(mode: &str) -> Option<&str> {
     ["pasta", "slirp4netns"].into_iter().find(|m| *m == name)
 }
 
-/// Replaces the placeholder in `route`'s targets; the reason when a target cannot be reached.
-fn resolve(
-    route: &mut RouteSpec,
-    view: &ContainerView,
-    published: &[PublishedPort],
-    via: &Via<'_>,
-) -> Result<(), String> {
+/// Replaces the placeholder in `route`'s targets; the error when a target cannot be reached.
+fn resolve(route: &mut RouteSpec, view: &ContainerView, via: &Via<'_>) -> Result<(), LabelError> {
+    let ports: &ContainerPorts = &view.ports;
     let (machine, remote) = match via {
+        Via::Address(address) => {
+            for target in route.targets.iter_mut().filter(|t| t.host == PLACEHOLDER) {
+                target.host = address.clone();
+                if let Some(port) = ports.container_port_published_as(target.port, route.protocol) {
+                    target.port = port;
+                }
+            }
+            return Ok(());
+        }
         Via::Remote(host) => (*host, true),
-        Via::UserMode(_) => ("127.0.0.1", false),
+        Via::UserMode(_) | Via::NoAddress(_) => ("127.0.0.1", false),
     };
     let protocol = route.protocol;
     for target in route.targets.iter_mut().filter(|t| t.host == PLACEHOLDER) {
@@ -105,7 +134,7 @@ fn resolve(
                 && p.protocol == protocol
                 && !(remote && p.host_ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
         };
-        match published.iter().find(reachable) {
+        match ports.published.iter().find(reachable) {
             Some(p) => {
                 let specific = p.host_ip.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified());
                 target.host = specific.map(|ip| ip.to_string()).unwrap_or_else(|| machine.to_string());
@@ -117,12 +146,12 @@ fn resolve(
     Ok(())
 }
 
-fn unreachable(alias: &str, protocol: Protocol, port: u16, view: &ContainerView, via: &Via<'_>) -> String {
+fn unreachable(alias: &str, protocol: Protocol, port: u16, view: &ContainerView, via: &Via<'_>) -> LabelError {
     let proto = match protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     };
-    match via {
+    let reason = match via {
         Via::Remote(host) => {
             let networks = if view.networks.is_empty() {
                 "none".to_string()
@@ -139,13 +168,17 @@ fn unreachable(alias: &str, protocol: Protocol, port: u16, view: &ContainerView,
             "route {alias:?}: network mode {mode} gives the container no address dockward can reach, and it does \
              not publish port {port}/{proto}; publish it (-p), use the host network, or set proxy.{alias}.host"
         ),
-    }
+        // As without published ports: what the container's networks lack, and the way out.
+        Via::NoAddress(reason) => reason.clone(),
+        Via::Address(_) => String::new(), // never unreachable
+    };
+    LabelError::NoTarget { reason }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::ContainerState;
+    use crate::labels::{ContainerState, ExposedPort};
 
     fn facts(
         mode: &str,
@@ -153,6 +186,19 @@ mod tests {
         labels: &[(&str, &str)],
         published: &[(u16, Protocol, &str, u16)],
     ) -> ContainerFacts {
+        let published: Vec<PublishedPort> = published
+            .iter()
+            .map(|&(container_port, protocol, ip, host_port)| PublishedPort {
+                container_port,
+                protocol,
+                host_ip: ip.into(),
+                host_port,
+            })
+            .collect();
+        let mut exposed: Vec<ExposedPort> =
+            published.iter().map(|p| ExposedPort { port: p.container_port, protocol: p.protocol }).collect();
+        exposed.sort();
+        exposed.dedup();
         ContainerFacts {
             view: ContainerView {
                 id: "c1".into(),
@@ -160,17 +206,9 @@ mod tests {
                 labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 network_mode: mode.into(),
                 networks: networks.iter().map(|(n, ip)| (n.to_string(), ip.parse().ok())).collect(),
+                ports: ContainerPorts { exposed, published },
                 state: ContainerState::Running,
             },
-            published: published
-                .iter()
-                .map(|&(container_port, protocol, ip, host_port)| PublishedPort {
-                    container_port,
-                    protocol,
-                    host_ip: ip.into(),
-                    host_port,
-                })
-                .collect(),
             health: None,
         }
     }
@@ -186,7 +224,7 @@ mod tests {
     const NAS: &str = "10.0.0.5";
 
     #[test]
-    fn a_local_engine_changes_nothing() {
+    fn a_local_container_with_an_address_is_reached_there() {
         let f = facts(
             "bridge",
             &[("bridge", "172.17.0.2")],
@@ -195,6 +233,39 @@ mod tests {
         );
         assert_eq!(container_routes(&f, &EngineSite::Local, &[]), parse_labels(&f.view, &[]));
         assert_eq!(targets(&container_routes(&f, &EngineSite::Local, &[])), ["web 172.17.0.2:80"]);
+    }
+
+    #[test]
+    fn a_published_port_named_by_the_label_targets_the_container_port_on_its_address() {
+        // GoDoxy's finalize: "replace public port with private port if using private IP".
+        let f = facts(
+            "bridge",
+            &[("bridge", "172.17.0.2")],
+            &[("proxy.aliases", "web,app"), ("proxy.web.port", "2222:8080"), ("proxy.app.port", "3000:3000")],
+            &[(80, Protocol::Tcp, "0.0.0.0", 8080), (3000, Protocol::Tcp, "", 3000)],
+        );
+        let r = container_routes(&f, &EngineSite::Local, &[]);
+        assert_eq!(targets(&r), ["web 172.17.0.2:80", "app 172.17.0.2:3000"]);
+    }
+
+    #[test]
+    fn a_local_container_without_an_address_is_reached_on_its_published_port() {
+        // GoDoxy's public hostname: 127.0.0.1 for a local engine.
+        let f = facts(
+            "bridge",
+            &[("bridge", "")],
+            &[("proxy.aliases", "web,db"), ("proxy.web.port", "8080:80"), ("proxy.db.port", "5432:5432")],
+            &[(80, Protocol::Tcp, "", 32768)],
+        );
+        let r = container_routes(&f, &EngineSite::Local, &[]);
+        assert_eq!(targets(&r), ["web 127.0.0.1:32768"]);
+        assert_eq!(
+            errors(&r),
+            ["no target address: no network of the container has an IP address (networks: bridge); set \
+              proxy.<alias>.host, or use a network dockward can reach"]
+        );
+        let host = facts("host", &[("host", "")], &[("proxy.web.port", "8080:80")], &[]);
+        assert_eq!(targets(&container_routes(&host, &EngineSite::Local, &[])), ["web 127.0.0.1:80"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The engine's answers (a list entry, an inspect answer, /proc text) read into
-//! [`ContainerView`]s and ids. Pure: no I/O.
+//! [`ContainerView`]s (labels, networks, ports, state) and ids. Pure: no I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -8,46 +8,28 @@ use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettin
 use route_spec::{Protocol, ProviderHealth};
 
 use crate::health;
-use crate::labels::{ContainerState, ContainerView};
+use crate::labels::{ContainerPorts, ContainerState, ContainerView, ExposedPort, PublishedPort};
 
-/// One port a container publishes on its engine's machine (`-p 8080:80`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedPort {
-    /// The port inside the container (80).
-    pub container_port: u16,
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The address it is published on (`0.0.0.0`, `::`, `127.0.0.1`, or empty for all).
-    pub host_ip: String,
-    /// The port on the engine's machine (8080).
-    pub host_port: u16,
-}
-
-/// What the engine said about one container: its view, the ports it publishes, and what
-/// its health check says.
+/// What the engine said about one container: its view (with its ports), and what its health
+/// check says.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ContainerFacts {
-    /// Labels, networks, state.
+    /// Labels, networks, ports, state.
     pub(crate) view: ContainerView,
-    /// Its published ports, for targets that its own address cannot serve.
-    pub(crate) published: Vec<PublishedPort>,
     /// Its health check's verdict; `None` without a health check (see [`crate::health`]).
     pub(crate) health: Option<ProviderHealth>,
 }
 
 /// Facts from a list entry; `None` without an id.
 pub(crate) fn facts_from_summary(c: ContainerSummary) -> Option<ContainerFacts> {
-    let published = c.ports.as_deref().map(published_from_summary).unwrap_or_default();
     let health = health::from_summary(&c);
-    Some(ContainerFacts { view: view_from_summary(c)?, published, health })
+    Some(ContainerFacts { view: view_from_summary(c)?, health })
 }
 
 /// Facts from an inspect answer; `None` without an id.
 pub(crate) fn facts_from_inspect(c: ContainerInspectResponse) -> Option<ContainerFacts> {
-    let published =
-        c.network_settings.as_ref().and_then(|n| n.ports.as_ref()).map(published_from_inspect).unwrap_or_default();
     let health = health::from_inspect(c.state.as_ref());
-    Some(ContainerFacts { view: view_from_inspect(c)?, published, health })
+    Some(ContainerFacts { view: view_from_inspect(c)?, health })
 }
 
 fn protocol_of(name: &str) -> Option<Protocol> {
@@ -56,6 +38,38 @@ fn protocol_of(name: &str) -> Option<Protocol> {
         "udp" => Some(Protocol::Udp),
         _ => None, // sctp
     }
+}
+
+/// A list entry's ports: every one it exposes, and those it publishes.
+fn ports_from_summary(ports: &[PortSummary]) -> ContainerPorts {
+    let exposed = ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = protocol_of(p.typ.map(|t| t.to_string()).as_deref().unwrap_or("tcp"))?;
+            Some(ExposedPort { port: p.private_port, protocol })
+        })
+        .collect();
+    ContainerPorts { exposed: sorted_unique(exposed), published: published_from_summary(ports) }
+}
+
+/// An inspect answer's ports: `Config.ExposedPorts` (`["53/udp"]`), with the ports of
+/// `NetworkSettings.Ports` (published or not), and those published.
+fn ports_from_inspect(exposed: Option<&[String]>, ports: Option<&PortMap>) -> ContainerPorts {
+    let keys = exposed.unwrap_or_default().iter().chain(ports.into_iter().flat_map(|p| p.keys()));
+    let exposed = keys.filter_map(|key| port_key(key)).map(|(port, protocol)| ExposedPort { port, protocol }).collect();
+    ContainerPorts { exposed: sorted_unique(exposed), published: ports.map(published_from_inspect).unwrap_or_default() }
+}
+
+/// `80/tcp` → (80, TCP); a port without protocol is TCP; SCTP and non-ports are `None`.
+fn port_key(key: &str) -> Option<(u16, Protocol)> {
+    let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+    Some((port.parse::<u16>().ok().filter(|p| *p != 0)?, protocol_of(proto)?))
+}
+
+fn sorted_unique(mut ports: Vec<ExposedPort>) -> Vec<ExposedPort> {
+    ports.sort();
+    ports.dedup();
+    ports
 }
 
 fn published_from_summary(ports: &[PortSummary]) -> Vec<PublishedPort> {
@@ -77,8 +91,8 @@ fn published_from_inspect(ports: &PortMap) -> Vec<PublishedPort> {
     let mut out: Vec<PublishedPort> = ports
         .iter()
         .filter_map(|(key, bindings)| {
-            let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
-            Some((port.parse::<u16>().ok()?, protocol_of(proto)?, bindings.as_ref()?))
+            let (port, protocol) = port_key(key)?;
+            Some((port, protocol, bindings.as_ref()?))
         })
         .flat_map(|(container_port, protocol, bindings)| {
             bindings.iter().filter_map(move |b| {
@@ -109,25 +123,33 @@ pub fn view_from_summary(c: ContainerSummary) -> Option<ContainerView> {
         labels: c.labels.map(sorted).unwrap_or_default(),
         network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
         networks: c.network_settings.and_then(|n| n.networks).map(addresses).unwrap_or_default(),
+        ports: c.ports.as_deref().map(ports_from_summary).unwrap_or_default(),
         state: c.state.map(|s| ContainerState::parse(s.as_ref())).unwrap_or_default(),
         id,
     })
 }
 
-/// Whether a list entry says all a view needs: Podman's lacks `HostConfig` (the network mode).
+/// Whether a list entry says all a view needs: Podman's lacks `HostConfig` (the network
+/// mode), and a host-network container's lists no port (its exposed ports are in its
+/// inspect answer only; GoDoxy inspects such containers for them too).
 pub(crate) fn summary_is_complete(c: &ContainerSummary) -> bool {
-    c.host_config.as_ref().is_some_and(|h| h.network_mode.is_some())
+    c.host_config.as_ref().and_then(|h| h.network_mode.as_deref()).is_some_and(|mode| mode != "host")
 }
 
 /// A view from an inspect answer; `None` without an id.
 pub fn view_from_inspect(c: ContainerInspectResponse) -> Option<ContainerView> {
     let id = c.id?;
     let name = c.name.map(|n| n.trim_start_matches('/').to_string()).unwrap_or_else(|| short_id(&id).to_string());
+    let ports = ports_from_inspect(
+        c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_deref()),
+        c.network_settings.as_ref().and_then(|n| n.ports.as_ref()),
+    );
     Some(ContainerView {
         name,
         labels: c.config.and_then(|cfg| cfg.labels).map(sorted).unwrap_or_default(),
         network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
         networks: c.network_settings.and_then(|n| n.networks).map(addresses).unwrap_or_default(),
+        ports,
         state: c.state.and_then(|s| s.status).map(|s| ContainerState::parse(s.as_ref())).unwrap_or_default(),
         id,
     })
@@ -251,6 +273,62 @@ mod tests {
             published_from_summary(&summary),
             vec![PublishedPort { container_port: 80, protocol: Protocol::Tcp, host_ip: "::".into(), host_port: 8080 }]
         );
+    }
+
+    #[test]
+    fn exposed_ports_are_read_from_inspect_and_list_answers() {
+        use bollard::models::{ContainerConfig, NetworkSettings, PortBinding, PortSummaryTypeEnum};
+        let port = |port, protocol| ExposedPort { port, protocol };
+        let inspect = ContainerInspectResponse {
+            id: Some(ID.into()),
+            config: Some(ContainerConfig {
+                exposed_ports: Some(vec!["53/udp".into(), "80/tcp".into(), "9/sctp".into(), "x/tcp".into()]),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                ports: Some(
+                    [
+                        ("8080/tcp".to_string(), None),
+                        (
+                            "80/tcp".to_string(),
+                            Some(vec![PortBinding { host_ip: None, host_port: Some("32768".into()) }]),
+                        ),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = view_from_inspect(inspect).unwrap();
+        assert_eq!(
+            v.ports.exposed,
+            [port(53, Protocol::Udp), port(80, Protocol::Tcp), port(8080, Protocol::Tcp)],
+            "ExposedPorts and NetworkSettings.Ports together, sorted, without SCTP"
+        );
+        assert_eq!(v.ports.published.len(), 1);
+
+        let mut summary = serde_json_like();
+        summary.ports = Some(vec![
+            PortSummary { ip: Some("0.0.0.0".into()), private_port: 53, public_port: Some(53), typ: Some(PortSummaryTypeEnum::UDP) },
+            PortSummary { ip: Some("::".into()), private_port: 53, public_port: Some(53), typ: Some(PortSummaryTypeEnum::UDP) },
+            PortSummary { ip: None, private_port: 8080, public_port: None, typ: Some(PortSummaryTypeEnum::TCP) },
+        ]);
+        let v = view_from_summary(summary).unwrap();
+        assert_eq!(v.ports.exposed, [port(53, Protocol::Udp), port(8080, Protocol::Tcp)]);
+        assert_eq!(v.ports.published.len(), 2);
+    }
+
+    #[test]
+    fn a_host_network_list_entry_is_inspected_for_its_exposed_ports() {
+        use bollard::models::ContainerSummaryHostConfig;
+        let mut summary = serde_json_like();
+        assert!(summary_is_complete(&summary));
+        summary.host_config = Some(ContainerSummaryHostConfig { network_mode: Some("host".into()), ..Default::default() });
+        assert!(!summary_is_complete(&summary), "the list shows no port of a host-network container");
+        summary.host_config = None;
+        assert!(!summary_is_complete(&summary), "Podman's list: no network mode");
     }
 
     #[test]

@@ -38,6 +38,7 @@ use tracing::debug;
 
 use super::keys::{IDLE_LABELS, IGNORED_CONTAINER_LABELS, LABEL_PREFIX};
 use super::model::{ContainerRoutes, LabelError, SkippedAlias, Subject, has_proxy_labels};
+use super::ports::{ExposedPort, preferred_port, udp_only};
 
 /// Runs `parse` (the label grammar) with GoDoxy's conventions: the labels go through
 /// [`prepass`] first, and the result through [`Prepassed::finish`].
@@ -48,9 +49,9 @@ pub(crate) fn with_conventions(
     if !has_proxy_labels(subject.labels) {
         return parse(subject);
     }
-    let pre = prepass(subject.name, subject.labels);
+    let pre = prepass(subject.name, subject.labels, subject.exposed);
     let out = {
-        let rewritten = Subject { kind: subject.kind, id: subject.id, name: subject.name, labels: &pre.labels };
+        let rewritten = Subject { labels: &pre.labels, ..*subject };
         parse(&rewritten)
     };
     pre.finish(out)
@@ -287,7 +288,10 @@ fn has_no_listen_port(port: &str) -> bool {
 
 /// Rewrites `labels` (of the container or service `name`) into dockward's grammar; see the
 /// module documentation.
-pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepassed {
+///
+/// `exposed` are the container's ports: an alias without `port` takes the one GoDoxy would
+/// pick, and one without `scheme` is UDP when its target port is exposed over UDP only.
+pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[ExposedPort]) -> Prepassed {
     let mut pre = Prepassed::default();
     if name.starts_with("buildx_") {
         pre.container_excluded = Some("the container is a Docker buildx builder (buildx_…); GoDoxy skips it".into());
@@ -528,12 +532,31 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>) -> Prepasse
                 .insert(alias.clone(), "alias ends in -old (a container mid-rename); GoDoxy excludes it".into());
         }
         let s = scheme.get(&alias).or(any_scheme.as_ref());
-        let p = port.get(&alias).or(any_port.as_ref());
-        if s.is_none() && p.is_some_and(|p| has_no_listen_port(p)) {
+        let mut p = port.get(&alias).or(any_port.as_ref()).cloned();
+        let addressable = !alias.starts_with(['#', '*']) && fields::check_printable(&alias).is_ok();
+        // GoDoxy's finalize: an alias without port targets the container's preferred port…
+        if let (None, true, Some(filled)) = (&p, addressable, preferred_port(exposed)) {
+            debug!(alias = %alias, port = filled, "alias without port: the container's preferred port");
+            pre.labels.insert(format!("{LABEL_PREFIX}{alias}.port"), filled.to_string());
+            p = Some(filled.to_string());
+        }
+        // …and one without scheme is UDP when its target port is a UDP port of the container.
+        if s.is_none() && addressable && p.as_deref().and_then(target_port).is_some_and(|t| udp_only(exposed, t)) {
+            debug!(alias = %alias, "alias without scheme: udp, the container exposes its port over UDP only");
+            pre.labels.insert(format!("{LABEL_PREFIX}{alias}.scheme"), "udp".to_string());
+            continue;
+        }
+        if s.is_none() && p.is_some_and(|p| has_no_listen_port(&p)) {
             pre.http.insert(alias);
         }
     }
     pre
+}
+
+/// The target port of a `port` value of one port (`22`, `2222:22`, `0:22`); `None` for a
+/// range or anything that is not a port.
+fn target_port(port: &str) -> Option<u16> {
+    port.rsplit(':').next()?.trim().parse().ok()
 }
 
 /// Adds one `rest = value` entry, its field name in canonical spelling; two labels that
@@ -667,6 +690,7 @@ mod tests {
                 ("proxy.ssh", "port: 2222:22\nscheme: tcp\nallow: [10.0.0.0/8, 192.168.0.0/16]"),
                 ("proxy.ssh.scheme", "udp"),
             ]),
+            &[],
         );
         assert_eq!(pre.labels.get("proxy.ssh.port").map(String::as_str), Some("2222:22"));
         assert_eq!(pre.labels.get("proxy.ssh.scheme").map(String::as_str), Some("udp"));
@@ -679,6 +703,7 @@ mod tests {
         let pre = prepass(
             "app",
             &labels(&[("proxy.aliases", "A, b"), ("proxy.ports", "1:2, 3:4"), ("proxy.$2.Scheme", "udp")]),
+            &[],
         );
         assert_eq!(pre.labels.get("proxy.aliases").map(String::as_str), Some("a, b"));
         assert_eq!(pre.labels.get("proxy.#1.port").map(String::as_str), Some("1:2"));
@@ -689,7 +714,7 @@ mod tests {
     #[test]
     fn no_proxy_labels_means_no_rewrite() {
         let l = labels(&[("com.docker.compose.project", "x")]);
-        let subject = Subject { kind: "container", id: "id", name: "Upper", labels: &l };
+        let subject = Subject { kind: "container", id: "id", name: "Upper", labels: &l, exposed: &[] };
         let out = crate::labels::parse_subject(&subject, || Ok(vec!["127.0.0.1".into()]));
         assert!(out.routes.is_empty() && out.errors.is_empty() && out.skipped.is_empty());
     }

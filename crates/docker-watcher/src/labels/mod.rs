@@ -29,12 +29,14 @@
 //!
 //! The parts, each pure: [`keys`] (the key grammar), [`merge`] (merge and precedence:
 //! labels to routes), [`target`] (target resolution and the network choice shared with
-//! swarm services), and the values they work on ([`model`]).
+//! swarm services), [`ports`] (a container's ports and GoDoxy's rules on them), and the
+//! values they work on ([`model`]).
 
 pub mod godoxy;
 mod keys;
 mod merge;
 mod model;
+mod ports;
 pub(crate) mod target;
 
 pub use keys::{
@@ -42,6 +44,7 @@ pub use keys::{
     LABEL_EXCLUDE, LABEL_NETWORK, LABEL_PREFIX, LABEL_SWARM_TARGET,
 };
 pub use merge::parse_labels;
+pub use ports::{ContainerPorts, ExposedPort, PublishedPort};
 pub(crate) use merge::parse_subject;
 pub(crate) use model::Subject;
 pub use model::{

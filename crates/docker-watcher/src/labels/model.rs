@@ -9,6 +9,7 @@ use route_spec::RouteSpec;
 use route_spec::fields::{self, Clipped};
 
 use super::keys::{LABEL_PREFIX, LABEL_SWARM_TARGET};
+use super::ports::{ContainerPorts, ExposedPort};
 
 /// The lifecycle state of a container, as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -87,6 +88,9 @@ pub struct ContainerView {
     pub network_mode: String,
     /// Its networks, by name, with its address on each (`None` while it has none).
     pub networks: BTreeMap<String, Option<IpAddr>>,
+    /// Its exposed and published ports: GoDoxy takes a missing `port` and a UDP `scheme`
+    /// from them, and targets through them what its address cannot serve.
+    pub ports: ContainerPorts,
     /// Its lifecycle state.
     pub state: ContainerState,
 }
@@ -99,7 +103,7 @@ impl ContainerView {
     }
 
     pub(crate) fn subject(&self) -> Subject<'_> {
-        Subject { kind: "container", id: &self.id, name: &self.name, labels: &self.labels }
+        Subject { kind: "container", id: &self.id, name: &self.name, labels: &self.labels, exposed: &self.ports.exposed }
     }
 }
 
@@ -119,6 +123,8 @@ pub(crate) struct Subject<'a> {
     pub(crate) name: &'a str,
     /// Its labels.
     pub(crate) labels: &'a BTreeMap<String, String>,
+    /// The ports it exposes (none for a swarm service).
+    pub(crate) exposed: &'a [ExposedPort],
 }
 
 /// A label problem: which label, its value, and what is wrong.

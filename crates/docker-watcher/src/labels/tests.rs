@@ -16,6 +16,7 @@ fn view(labels: &[(&str, &str)]) -> ContainerView {
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         network_mode: "bridge".into(),
         networks: [("bridge".to_string(), Some("172.17.0.5".parse().unwrap()))].into_iter().collect(),
+        ports: Default::default(),
         state: ContainerState::Running,
     }
 }
@@ -470,6 +471,7 @@ mod fuzz {
                 labels,
                 network_mode: if host_mode { "host".into() } else { "bridge".into() },
                 networks: [("bridge".to_string(), Some("172.17.0.2".parse().unwrap()))].into_iter().collect(),
+                ports: Default::default(),
                 state: ContainerState::Running,
             };
             let r = parse_labels(&v, &self_nets);
