@@ -38,6 +38,7 @@ use tracing::debug;
 
 use super::keys::{IDLE_LABELS, IGNORED_CONTAINER_LABELS, LABEL_PREFIX};
 use super::model::{ContainerRoutes, LabelError, SkippedAlias, Subject, has_proxy_labels};
+use super::origin::{Origin, restore};
 use super::ports::{ExposedPort, preferred_port, udp_only};
 
 /// Runs `parse` (the label grammar) with GoDoxy's conventions: the labels go through
@@ -146,8 +147,8 @@ pub(crate) struct Prepassed {
     http: BTreeSet<String>,
     /// Set when the whole container is excluded, with why.
     container_excluded: Option<String>,
-    /// Rewritten key → the label key as written, so errors name the label the user wrote.
-    written: BTreeMap<String, String>,
+    /// Rewritten key → the label as written, so errors name the label the user wrote.
+    origins: BTreeMap<String, Origin>,
 }
 
 /// Lower-case and without `_`: how GoDoxy's deserializer compares field names.
@@ -297,7 +298,7 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
         pre.container_excluded = Some("the container is a Docker buildx builder (buildx_…); GoDoxy skips it".into());
     }
     // Pass 1: keys lower-cased, $N as #N, container-wide labels as they are.
-    let mut flat: Vec<(String, String, String)> = Vec::new(); // (rest, value, key as written)
+    let mut flat: Vec<(String, String, Origin)> = Vec::new(); // (rest, value, as written)
     let mut shortcuts: Vec<(String, &str, String)> = Vec::new(); // (key, field, value)
     let mut listed: Vec<String> = Vec::new();
     for (key, value) in labels {
@@ -327,17 +328,19 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
             listed = aliases;
             // Lower-cased in place: the grammar splits and trims it, and errors show it as written.
             pre.labels.insert(format!("{LABEL_PREFIX}aliases"), value.to_ascii_lowercase());
+            pre.origins.insert(format!("{LABEL_PREFIX}aliases"), Origin::whole(key, value));
             continue;
         }
         if container_wide(&rest) {
             pre.labels.insert(format!("{LABEL_PREFIX}{rest}"), value.clone());
+            pre.origins.insert(format!("{LABEL_PREFIX}{rest}"), Origin::whole(key, value));
             continue;
         }
         if let Some((_, field)) = SHORTCUTS.iter().find(|(s, _)| *s == rest) {
             shortcuts.push((key.clone(), field, value.clone()));
             continue;
         }
-        flat.push((rest, value.clone(), key.clone()));
+        flat.push((rest, value.clone(), Origin::whole(key, value)));
     }
     if listed.is_empty() && !labels.contains_key(&format!("{LABEL_PREFIX}aliases")) {
         let lower = name.trim().to_ascii_lowercase();
@@ -348,9 +351,9 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
     }
 
     // Pass 2: inline YAML mappings flattened; flat labels win over them.
-    let mut entries: BTreeMap<String, (String, String)> = BTreeMap::new(); // rest → (value, key)
-    let mut inline: Vec<(String, String, String)> = Vec::new();
-    for (rest, value, key) in flat {
+    let mut entries: BTreeMap<String, (String, Origin)> = BTreeMap::new(); // rest → (value, as written)
+    let mut inline: Vec<(String, String, Origin)> = Vec::new();
+    for (rest, value, origin) in flat {
         let selector_only = is_bare_selector(&rest, &listed);
         let object_field =
             split_key(&rest, &listed).is_some_and(|(_, f)| canonical_field(&f) == "healthcheck" && value.contains(':'));
@@ -358,29 +361,25 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
             match flatten_yaml(&value) {
                 Some(pairs) => {
                     for (k, v) in pairs {
-                        inline.push((format!("{rest}.{k}"), v, key.clone()));
+                        let field = origin.field(&k, &v);
+                        inline.push((format!("{rest}.{k}"), v, field));
                     }
                 }
                 // A plain word (`proxy.alias=c`) is left to the label grammar and its hints.
                 None if !value.contains(':') && !value.contains('\n') => {
-                    insert_entry(&mut pre, &mut entries, &listed, rest, value, key, false)
+                    insert_entry(&mut pre, &mut entries, &listed, rest, value, origin, false)
                 }
-                None if rest == "*" => pre.errors.push(LabelError::label(
-                    None,
-                    &key,
-                    &value,
-                    "warning: not a YAML mapping of fields; ignored (GoDoxy ignores it too)",
-                )),
+                None if rest == "*" => pre.errors.push(
+                    origin.error(None, "warning: not a YAML mapping of fields; ignored (GoDoxy ignores it too)"),
+                ),
                 None => {
                     let alias = split_key(&format!("{rest}.x"), &listed).map(|(s, _)| s);
                     let alias = match alias {
                         Some(Sel::One(a)) => a,
                         _ => rest.clone(),
                     };
-                    pre.errors.push(LabelError::label(
+                    pre.errors.push(origin.error(
                         Some(&alias),
-                        &key,
-                        &value,
                         "not a YAML mapping of fields (inline YAML route); this alias makes no route",
                     ));
                     pre.broken.insert(alias);
@@ -388,10 +387,10 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
             }
             continue;
         }
-        insert_entry(&mut pre, &mut entries, &listed, rest, value, key, false);
+        insert_entry(&mut pre, &mut entries, &listed, rest, value, origin, false);
     }
-    for (rest, value, key) in inline {
-        insert_entry(&mut pre, &mut entries, &listed, rest, value, key, true);
+    for (rest, value, origin) in inline {
+        insert_entry(&mut pre, &mut entries, &listed, rest, value, origin, true);
     }
 
     // Pass 3: shortcuts fill #1, #2, … unless a full label sets the field.
@@ -399,7 +398,7 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
         let conflicts: Vec<&str> = entries
             .iter()
             .filter(|(rest, _)| split_key(rest, &listed).is_some_and(|(_, f)| f == field))
-            .map(|(_, (_, k))| k.as_str())
+            .map(|(_, (_, o))| o.key.as_str())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -412,19 +411,18 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
             ));
             continue;
         }
+        let whole = Origin::whole(&key, &value);
         for (i, item) in value.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
-            entries.insert(format!("#{}.{field}", i + 1), (item.to_string(), key.clone()));
+            entries.insert(format!("#{}.{field}", i + 1), (item.to_string(), whole.item(i + 1, item)));
         }
     }
 
     // Pass 4: GoDoxy's fields mapped, dropped or refused.
-    for (rest, (value, key)) in entries {
+    for (rest, (value, origin)) in entries {
+        let rewritten = format!("{LABEL_PREFIX}{rest}");
         let Some((sel, field)) = split_key(&rest, &listed) else {
-            let rewritten = format!("{LABEL_PREFIX}{rest}");
-            if rewritten != key && labels.get(&key) == Some(&value) {
-                pre.written.insert(rewritten.clone(), key);
-            }
-            pre.labels.insert(rewritten, value);
+            pre.labels.insert(rewritten.clone(), value);
+            pre.origins.insert(rewritten, origin);
             continue;
         };
         let head = field.split('.').next().unwrap_or(&field);
@@ -440,10 +438,9 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
                     Some(a.clone())
                 }
             };
-            // The label as written: for inline YAML or a shortcut, its whole value.
-            let written = labels.get(&key).unwrap_or(&value);
-            pre.errors.push(LabelError::label(alias.as_deref(), &key, written, reason));
+            pre.errors.push(origin.error(alias.as_deref(), reason));
         };
+        let key = &origin.key;
         match head {
             "agent" => refuse(
                 &mut pre,
@@ -466,7 +463,11 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
                 };
                 match mapped {
                     Some(ours) => {
-                        pre.labels.entry(format!("{LABEL_PREFIX}{prefix}{ours}")).or_insert(value);
+                        let ours = format!("{LABEL_PREFIX}{prefix}{ours}");
+                        if !pre.labels.contains_key(&ours) {
+                            pre.labels.insert(ours.clone(), value);
+                            pre.origins.insert(ours, origin.clone());
+                        }
                     }
                     None => debug!(label = %key, "label ignored: GoDoxy health check setting dockward has no use for"),
                 }
@@ -477,15 +478,13 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
                 debug!(label = %key, "label ignored: GoDoxy field with no meaning for dockward")
             }
             "port" if field == "port" => {
-                pre.labels.insert(format!("{LABEL_PREFIX}{rest}"), port_value(&value));
+                pre.labels.insert(rewritten.clone(), port_value(&value));
+                pre.origins.insert(rewritten, origin.clone());
             }
             _ => {
-                pre.labels.insert(format!("{LABEL_PREFIX}{rest}"), value);
+                pre.labels.insert(rewritten.clone(), value);
+                pre.origins.insert(rewritten, origin.clone());
             }
-        }
-        let rewritten = format!("{LABEL_PREFIX}{rest}");
-        if rewritten != key && pre.labels.contains_key(&rewritten) && labels.get(&key) == pre.labels.get(&rewritten) {
-            pre.written.insert(rewritten, key);
         }
     }
 
@@ -563,11 +562,11 @@ fn target_port(port: &str) -> Option<u16> {
 /// differ only in case (or `_`) are an error for their alias.
 fn insert_entry(
     pre: &mut Prepassed,
-    entries: &mut BTreeMap<String, (String, String)>,
+    entries: &mut BTreeMap<String, (String, Origin)>,
     listed: &[String],
     rest: String,
     value: String,
-    key: String,
+    origin: Origin,
     from_inline: bool,
 ) {
     let rest = match split_key(&rest, listed) {
@@ -576,7 +575,7 @@ fn insert_entry(
     };
     match entries.get(&rest) {
         None => {
-            entries.insert(rest, (value, key));
+            entries.insert(rest, (value, origin));
         }
         Some(_) if from_inline => {} // a label setting the field wins over inline YAML
         Some((_, first)) => {
@@ -584,10 +583,8 @@ fn insert_entry(
                 Some((Sel::One(a), _)) => Some(a),
                 _ => None,
             };
-            pre.errors.push(LabelError::label(
+            pre.errors.push(origin.error(
                 alias.as_deref(),
-                &key,
-                &value,
                 format!("sets the same field as {first} (GoDoxy reads field names case-insensitively); set it once"),
             ));
             pre.broken.insert(alias.unwrap_or_else(|| "*".into()));
@@ -615,13 +612,7 @@ impl Prepassed {
             return out;
         }
         let all_broken = self.broken.contains("*");
-        for e in &mut out.errors {
-            if let LabelError::Label { key, .. } = e
-                && let Some(original) = self.written.get(key)
-            {
-                *key = original.clone();
-            }
-        }
+        restore(&mut out.errors, &self.origins);
         let mut errors = self.errors;
         errors.append(&mut out.errors);
         out.errors = errors;

@@ -36,6 +36,7 @@ pub mod godoxy;
 mod keys;
 mod merge;
 mod model;
+mod origin;
 mod ports;
 pub(crate) mod target;
 

@@ -132,14 +132,19 @@ pub(crate) struct Subject<'a> {
 pub enum LabelError {
     /// One label is wrong: a bad value, an unknown field, an out-of-range `#N`.
     ///
-    /// Displays as `label proxy.ssh.port="22:22:22": too many ':'; expected LISTEN:TARGET or TARGET`.
-    #[error("label {}={}: {reason}", Clipped::bare(key), Clipped::quoted(value))]
+    /// Displays as `label proxy.ssh.port="22:22:22": too many ':'; expected LISTEN:TARGET or TARGET`,
+    /// or, for a field of an inline YAML label or an item of a shortcut label,
+    /// `label proxy.ssh (field port)="22:22:22": …` and `label proxy.ports (item 2)="x": …`.
+    #[error("label {}{}={}: {reason}", Clipped::bare(key), PartText(part), Clipped::quoted(value))]
     Label {
         /// The alias whose route the label breaks; `None` for a wildcard or container-wide label.
         alias: Option<String>,
         /// The label key as written.
         key: String,
-        /// The label value as written.
+        /// Where in the label's value the fault is: `field port` of an inline YAML mapping,
+        /// `item 2` of a shortcut list; `None` for the whole label.
+        part: Option<String>,
+        /// The label value as written (of that field or item).
         value: String,
         /// What is wrong, with a did-you-mean where one fits.
         reason: String,
@@ -157,6 +162,7 @@ impl LabelError {
         LabelError::Label {
             alias: alias.map(str::to_string),
             key: key.to_string(),
+            part: None,
             value: value.to_string(),
             reason: reason.into(),
         }
@@ -175,6 +181,18 @@ impl LabelError {
         match self {
             LabelError::Label { key, .. } => Some(key),
             LabelError::NoTarget { .. } => None,
+        }
+    }
+}
+
+/// ` (field port)` after a label key, or nothing.
+pub(super) struct PartText<'a>(pub(super) &'a Option<String>);
+
+impl fmt::Display for PartText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(part) => write!(f, " ({})", Clipped::bare(part)),
+            None => Ok(()),
         }
     }
 }
