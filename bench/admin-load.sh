@@ -47,7 +47,7 @@ PING=$(free_port)
 {
     echo "routes:"
     echo "  ping: {bind: 127.0.0.1, port: '$PING:$ECHO'}"
-    for i in $(seq 1 $((ROUTES - 1))); do echo "  r$i: {bind: 127.0.0.1, port: $ECHO}"; done
+    for i in $(seq 1 $((ROUTES - 1))); do echo "  r$i: {scheme: tcp, bind: 127.0.0.1, port: $ECHO}"; done
 } >"$T/routes.yml"
 "$DW" run --no-docker --routes "$T/routes.yml" --admin 127.0.0.1:0 --admin-addr-file "$T/admin.addr" \
     --log-level warn >"$T/dockward.log" 2>&1 &

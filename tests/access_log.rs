@@ -28,7 +28,7 @@ fn wait_lines(dw: &Dockward, path: &Path, n: usize) -> Vec<String> {
 /// A route `ssh` to an echo server, denying 127.0.0.2 (the brute forcer of these tests).
 fn start(args: &[&str]) -> (Dockward, SocketAddr) {
     let echo = echo_server();
-    let yaml = format!("routes:\n  ssh:\n    bind: 127.0.0.1\n    port: {}\n    deny: [127.0.0.2]\n", echo.port());
+    let yaml = format!("routes:\n  ssh:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    deny: [127.0.0.2]\n", echo.port());
     let dw = Dockward::start_with_args(&yaml, "127.0.0.1:0", args);
     let listen = dw.listen_addr("ssh");
     (dw, listen)
@@ -172,7 +172,7 @@ fn a_client_over_its_rate_limit_is_limited_in_the_log_the_routes_json_and_metric
     let path = dir.path().join("access.log");
     let echo = echo_server();
     let yaml = format!(
-        "routes:\n  ssh:\n    bind: 127.0.0.1\n    port: {}\n    rate_limit: 1/m\n    rate_limit_burst: 2\n    \
+        "routes:\n  ssh:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    rate_limit: 1/m\n    rate_limit_burst: 2\n    \
          max_connections_per_ip: 5\n",
         echo.port()
     );

@@ -53,7 +53,7 @@ fn metrics(dw: &Dockward) -> prometheus::Exposition {
 fn a_denied_client_is_closed_before_any_dial_and_counted() {
     let target = UntouchedTarget::new();
     let yaml = format!(
-        "routes:\n  guarded:\n    bind: 127.0.0.1\n    port: {}\n    deny: [127.0.0.1, '::1']\n",
+        "routes:\n  guarded:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    deny: [127.0.0.1, '::1']\n",
         target.port()
     );
     let dw = Dockward::start(&yaml);
@@ -83,7 +83,7 @@ fn a_denied_client_is_closed_before_any_dial_and_counted() {
 fn the_global_deny_flag_refuses_the_clients_of_every_route() {
     let target = UntouchedTarget::new();
     let yaml = format!(
-        "routes:\n  a:\n    bind: 127.0.0.1\n    port: {p}\n  b:\n    bind: 127.0.0.1\n    port: {p}\n",
+        "routes:\n  a:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {p}\n  b:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {p}\n",
         p = target.port()
     );
     let dw = Dockward::start_with_args(&yaml, "127.0.0.1:0", &["--deny", "127.0.0.0/8"]);
@@ -101,7 +101,7 @@ fn a_global_allow_list_admits_only_its_clients_and_route_lists_narrow_it() {
     let loopback2 = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let loopback3 = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
     let yaml = format!(
-        "routes:\n  open:\n    bind: 127.0.0.1\n    port: {p}\n  narrow:\n    bind: 127.0.0.1\n    port: {p}\n    deny: 127.0.0.3\n",
+        "routes:\n  open:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {p}\n  narrow:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {p}\n    deny: 127.0.0.3\n",
         p = echo.port()
     );
     let dw = Dockward::start_with_args(&yaml, "127.0.0.1:0", &["--allow", "127.0.0.2,127.0.0.3", "--allow", "::1"]);

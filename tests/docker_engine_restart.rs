@@ -126,7 +126,7 @@ async fn docker_routes_come_back_within_3s_of_each_of_ten_engine_restarts_and_fi
     // A routes-file route to an in-process echo server, and a labelled container that the
     // engine starts again when it comes back.
     let file_target = echo_server();
-    let yaml = format!("routes:\n  filefwd:\n    bind: 127.0.0.1\n    port: {}\n", file_target.port());
+    let yaml = format!("routes:\n  filefwd:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n", file_target.port());
     let mut dockward = DockwardWithDocker::start(&engine, Some(&yaml));
     let (target, listen) = (free_tcp_port(), free_tcp_port());
     let port = format!("{listen}:{target}");

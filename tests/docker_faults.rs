@@ -81,7 +81,7 @@ impl Transfer {
 async fn a_container_killed_mid_transfer_ends_the_client_promptly_and_only_its_route_goes() {
     let Some(engine) = TestEngine::connect("faults_kill9").await else { return };
     let file_target = echo_server();
-    let yaml = format!("routes:\n  filefwd:\n    bind: 127.0.0.1\n    port: {}\n", file_target.port());
+    let yaml = format!("routes:\n  filefwd:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n", file_target.port());
     let mut dockward = DockwardWithDocker::start(&engine, Some(&yaml));
     let (victim_target, victim_listen) = (free_tcp_port(), free_tcp_port());
     let (other_target, other_listen) = (free_tcp_port(), free_tcp_port());

@@ -173,7 +173,7 @@ fn haproxy_send_proxy_v2_in_front_of_dockward_carries_the_real_client() {
     };
     let (target, reports) = proxy_header_echo_target(Version::V2);
     let yaml = format!(
-        "routes:\n  behind-haproxy:\n    bind: 127.0.0.1\n    port: {}\n    accept_proxy_protocol: required\n    \
+        "routes:\n  behind-haproxy:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    accept_proxy_protocol: required\n    \
          trusted: [127.0.0.1]\n    proxy_protocol: v2\n",
         target.port()
     );
@@ -211,8 +211,8 @@ fn dockward_proxy_protocol_v1_and_v2_are_accepted_by_haproxy() {
     let echo = echo_server();
     let haproxy = Haproxy::start(&bin, "accept-proxy", &format!("server echo {echo}"));
     let yaml = format!(
-        "routes:\n  pp1:\n    bind: 127.0.0.1\n    port: {p}\n    proxy_protocol: v1\n  \
-         pp2:\n    bind: 127.0.0.1\n    port: {p}\n    proxy_protocol: v2\n",
+        "routes:\n  pp1:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {p}\n    proxy_protocol: v1\n  \
+         pp2:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {p}\n    proxy_protocol: v2\n",
         p = haproxy.port
     );
     let dw = Dockward::start(&yaml);

@@ -69,7 +69,7 @@ fn fetching_routes_in_a_loop_does_not_stretch_a_ping_pong_through_a_route() {
     let echo = echo_server();
     let mut yaml = String::from("routes:\n");
     for i in 0..ROUTES {
-        yaml.push_str(&format!("  r{i}: {{bind: 127.0.0.1, port: {}}}\n", echo.port()));
+        yaml.push_str(&format!("  r{i}: {{scheme: tcp, bind: 127.0.0.1, port: {}}}\n", echo.port()));
     }
     let dw = Dockward::start(&yaml);
     let listen = dw.listen_addr("r0");

@@ -27,7 +27,7 @@ fn nofile(pid: u32) -> (String, String) {
 fn run_raises_a_low_soft_open_file_limit_to_the_hard_limit() {
     let dir = tempfile::tempdir().expect("temp dir");
     let routes = dir.path().join("routes.yml");
-    std::fs::write(&routes, "routes:\n  a: {bind: 127.0.0.1, port: \"0:9\"}\n").expect("write routes");
+    std::fs::write(&routes, "routes:\n  a: {scheme: tcp, bind: 127.0.0.1, port: \"0:9\"}\n").expect("write routes");
     // A shell lowers the soft limit, then becomes dockward (same pid).
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""]).arg(bin());

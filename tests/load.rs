@@ -36,7 +36,7 @@ impl Rig {
         let tcp_target = tcp_echo_target();
         let udp_echo = UdpEcho::start();
         let yaml = format!(
-            "routes:\n  bulk:\n    bind: 127.0.0.1\n    port: {}\n  dgram:\n    scheme: udp\n    bind: 127.0.0.1\n    port: {}\n",
+            "routes:\n  bulk:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n  dgram:\n    scheme: udp\n    bind: 127.0.0.1\n    port: {}\n",
             tcp_target.port(),
             udp_echo.addr.port()
         );

@@ -183,8 +183,8 @@ fn the_status_page_shows_every_route_and_its_counters_move_with_traffic() {
     std::fs::write(&broken_file, "routes:\n  evil:\n    port: \"<b id=injected>x</b>\"\n").expect("write");
     let yaml = format!(
         "routes:\n  \
-           web: {{bind: 127.0.0.1, port: '0:{tcp}'}}\n  \
-           db: {{bind: 127.0.0.1, port: '0:{tcp}'}}\n  \
+           web: {{scheme: tcp, bind: 127.0.0.1, port: '0:{tcp}'}}\n  \
+           db: {{scheme: tcp, bind: 127.0.0.1, port: '0:{tcp}'}}\n  \
            game: {{scheme: udp, bind: 127.0.0.1, port: '0:{udp}'}}\n",
         tcp = tcp_echo.port(),
         udp = udp_echo.port()
@@ -287,7 +287,7 @@ fn request(admin: &str, method: &str, path: &str) -> String {
 
 #[test]
 fn the_page_and_its_history_are_read_only_and_load_nothing_from_elsewhere() {
-    let dw = Dockward::start("routes:\n  web: {bind: 127.0.0.1, port: '0:9'}\n");
+    let dw = Dockward::start("routes:\n  web: {scheme: tcp, bind: 127.0.0.1, port: '0:9'}\n");
     dw.listen_addr("web");
     let page = request(&dw.admin, "GET", "/");
     let head = page.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();

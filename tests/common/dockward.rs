@@ -387,7 +387,7 @@ pub fn echo_via(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
 pub fn routes_yaml(routes: &[(&str, u16)]) -> String {
     let mut yaml = String::from("routes:\n");
     for (alias, port) in routes {
-        yaml.push_str(&format!("  {alias}:\n    bind: 127.0.0.1\n    port: {port}\n"));
+        yaml.push_str(&format!("  {alias}:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {port}\n"));
     }
     yaml
 }

@@ -162,8 +162,8 @@ mod tests {
 
     #[tokio::test]
     async fn routes_of_every_provider_are_applied_and_follow_changes() {
-        let (_a_tx, a) = provider("routes:\n  a: {port: 1, bind: 127.0.0.1}\n");
-        let (b_tx, b) = provider("routes:\n  b: {port: 2, bind: 127.0.0.1}\n");
+        let (_a_tx, a) = provider("routes:\n  a: {scheme: tcp, port: 1, bind: 127.0.0.1}\n");
+        let (b_tx, b) = provider("routes:\n  b: {scheme: tcp, port: 2, bind: 127.0.0.1}\n");
         let controller = Controller::new(vec![a, b]);
         let view = controller.view();
         let shutdown = CancellationToken::new();

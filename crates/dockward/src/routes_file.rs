@@ -3,9 +3,13 @@
 //! ```yaml
 //! routes:
 //!   ssh:
-//!     port: 2222:22      # LISTEN:TARGET, or TARGET alone for an OS-picked listen port
+//!     port: 2222:22      # LISTEN:TARGET, or TARGET alone (with a scheme) for an OS-picked listen port
 //!     host: 127.0.0.1    # optional; the default target host
 //! ```
+//!
+//! A route with neither `scheme` nor a listen port (`port: 22`) is what GoDoxy serves as an
+//! HTTP route, as with Docker labels: it makes no route, and [`Loaded::skipped`] says why, so
+//! `dockward check` and the log can tell the user.
 //!
 //! This module only reads the document's shape (a `routes:` map of alias → map of field →
 //! scalar, or a list of scalars for the [`LIST_FIELDS`]). Every field, its name and its
@@ -17,7 +21,7 @@ use std::path::Path;
 
 use proxy_core::RouteSpec;
 use route_spec::RouteDraft;
-use route_spec::fields;
+use route_spec::fields::{self, PortSpec};
 use serde_norway::Value;
 
 use crate::provider_error::ProviderError;
@@ -53,6 +57,35 @@ pub struct Loaded {
     pub routes: Vec<RouteSpec>,
     /// Every error found; a file with any error is not applied.
     pub errors: Vec<ProviderError>,
+    /// Aliases that make no route although they are valid, with why (GoDoxy's HTTP routes).
+    pub skipped: Vec<SkippedRoute>,
+}
+
+/// A valid entry of a routes file that makes no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRoute {
+    /// The file.
+    pub source: String,
+    /// The entry's alias.
+    pub alias: String,
+    /// Why it makes no route, and what to write instead.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SkippedRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: route {:?} makes no route: {}", self.source, self.alias, self.reason)
+    }
+}
+
+/// Why an entry without `scheme` and without a listen port makes no route: GoDoxy's rule
+/// (its `finalize.go`: no scheme, no listen port → HTTP), the same as for Docker labels.
+fn http_route_reason(port: PortSpec) -> String {
+    let target = port.target;
+    format!(
+        "no scheme and no listen port (port: {target}) is an HTTP route, as in GoDoxy; for a stream route set \
+         scheme: tcp (or udp), or a listen port (port: LISTEN:{target})"
+    )
 }
 
 impl Loaded {
@@ -186,7 +219,7 @@ pub fn parse(source: &str, text: &str) -> Loaded {
             }
             other => {
                 let hint = match scalar_text(&other) {
-                    Some(text) => format!("; did you mean `{alias}: {{port: {text}}}`?"),
+                    Some(text) => format!("; did you mean `{alias}: {{scheme: tcp, port: {text}}}`?"),
                     None => String::new(),
                 };
                 loaded.route_error(
@@ -239,6 +272,11 @@ pub fn parse(source: &str, text: &str) -> Loaded {
         }
         if !draft.has_port() {
             loaded.route_error(source, &alias, "port: missing; every route needs a port (LISTEN:TARGET or TARGET)");
+            continue;
+        }
+        if let Some(port) = draft.port.filter(|p| draft.scheme.is_none() && p.listen == 0) {
+            let reason = http_route_reason(port);
+            loaded.skipped.push(SkippedRoute { source: source.to_string(), alias, reason });
             continue;
         }
         match draft.build(source, DEFAULT_TARGET_HOST) {
@@ -411,10 +449,32 @@ mod tests {
     }
 
     #[test]
-    fn a_single_port_is_the_target_and_the_os_picks_the_listen_port() {
-        let r = routes("routes:\n  ssh:\n    port: 22\n    bind: 127.0.0.1\n");
+    fn a_single_port_with_a_scheme_is_the_target_and_the_os_picks_the_listen_port() {
+        let r = routes("routes:\n  ssh:\n    scheme: tcp\n    port: 22\n    bind: 127.0.0.1\n");
         assert_eq!(r[0].listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(r[0].targets, vec![Target::new("127.0.0.1", 22)]);
+        let r = routes("routes:\n  dns: {scheme: udp, port: '0:53'}\n");
+        assert_eq!((r[0].protocol, r[0].listen), (Protocol::Udp, "0.0.0.0:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn no_scheme_and_no_listen_port_is_godoxys_http_route_and_makes_no_route() {
+        let loaded = parse("r.yml", "routes:\n  web: {port: 8080}\n  zero: {port: '0:80'}\n  ssh: {port: '2222:22'}\n");
+        assert_eq!(loaded.errors, vec![]);
+        let aliases: Vec<&str> = loaded.routes.iter().map(|r| r.alias.as_str()).collect();
+        assert_eq!(aliases, ["ssh"], "a listen port without scheme still means TCP");
+        let skipped: Vec<String> = loaded.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            skipped,
+            [
+                "r.yml: route \"web\" makes no route: no scheme and no listen port (port: 8080) is an HTTP route, as in \
+                 GoDoxy; for a stream route set scheme: tcp (or udp), or a listen port (port: LISTEN:8080)",
+                "r.yml: route \"zero\" makes no route: no scheme and no listen port (port: 80) is an HTTP route, as in \
+                 GoDoxy; for a stream route set scheme: tcp (or udp), or a listen port (port: LISTEN:80)",
+            ]
+        );
+        // A bad field is still an error, whatever the scheme rule would say.
+        assert_eq!(errors("routes:\n  web: {port: 8080, bnd: x}\n").len(), 1);
     }
 
     #[test]
@@ -448,7 +508,7 @@ mod tests {
 
     #[test]
     fn routes_keep_file_order() {
-        let r = routes("routes:\n  zeta: {port: 1}\n  alpha: {port: 2}\n  mid: {port: 3}\n");
+        let r = routes("routes:\n  zeta: {port: '1:1'}\n  alpha: {port: '2:2'}\n  mid: {port: '3:3'}\n");
         let aliases: Vec<&str> = r.iter().map(|s| s.alias.as_str()).collect();
         assert_eq!(aliases, ["zeta", "alpha", "mid"]);
     }
@@ -461,7 +521,7 @@ mod tests {
 
     #[test]
     fn merge_keys_share_fields_between_routes() {
-        let r = routes("routes:\n  a: &common {port: 1, bind: 127.0.0.1}\n  b:\n    <<: *common\n    port: 2\n");
+        let r = routes("routes:\n  a: &common {scheme: tcp, port: 1, bind: 127.0.0.1}\n  b:\n    <<: *common\n    port: 2\n");
         assert_eq!(r[1].listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(r[1].targets[0].port, 2);
     }
@@ -484,7 +544,7 @@ mod tests {
 
     #[test]
     fn every_error_of_the_file_is_reported_and_none_of_its_routes_is_kept_apart() {
-        let loaded = parse("r.yml", "routes:\n  good: {port: 1}\n  bad: {port: abc, max_connections: -1}\n");
+        let loaded = parse("r.yml", "routes:\n  good: {port: '1:1'}\n  bad: {port: abc, max_connections: -1}\n");
         assert_eq!(loaded.errors.len(), 2, "{:?}", loaded.errors);
         assert!(loaded.errors.iter().all(|e| e.alias.as_deref() == Some("bad")));
         // The good alias parses; whether the file is applied is the provider's decision.
@@ -508,7 +568,7 @@ mod tests {
         assert_eq!(
             errors("routes:\n  ssh: 22\n"),
             [
-                r#"r.yml: route "ssh": expected a map of fields (port, scheme, ...), found "22"; did you mean `ssh: {port: 22}`?"#
+                r#"r.yml: route "ssh": expected a map of fields (port, scheme, ...), found "22"; did you mean `ssh: {scheme: tcp, port: 22}`?"#
             ]
         );
         assert_eq!(

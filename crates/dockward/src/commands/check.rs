@@ -37,8 +37,8 @@ pub struct Report {
     /// Every error, as printed: `FILE: route "ALIAS": FIELD "VALUE": reason`, or
     /// `NAME: label KEY="VALUE": reason` for labels.
     pub errors: Vec<String>,
-    /// What is worth knowing but not wrong: aliases that make no route, an excluded or
-    /// stopped container.
+    /// What is worth knowing but not wrong: aliases and routes-file entries that make no
+    /// route, an excluded or stopped container.
     pub notes: Vec<String>,
     /// How many routes files were read.
     pub files: usize,
@@ -54,6 +54,7 @@ impl Report {
         for path in files {
             self.files += 1;
             let loaded = routes_file::load(path);
+            self.notes.extend(loaded.skipped.iter().map(ToString::to_string));
             if loaded.errors.is_empty() {
                 self.routes.extend(loaded.routes);
             } else {
@@ -349,7 +350,7 @@ mod tests {
         for text in [
             "routes:\n  a: {port: '53:53'}\n  b: {port: '53:53', scheme: udp}\n",
             "routes:\n  a: {port: '80:1', bind: 127.0.0.1}\n  b: {port: '80:1', bind: 127.0.0.2}\n",
-            "routes:\n  a: {port: 22}\n  b: {port: 22}\n",
+            "routes:\n  a: {port: 22, scheme: tcp}\n  b: {port: 22, scheme: tcp}\n",
             "routes:\n  a: {port: '80:1', scheme: tcp6}\n  b: {port: '80:1', scheme: tcp4}\n",
         ] {
             assert_eq!(report(text).errors, Vec::<String>::new(), "{text}");

@@ -197,11 +197,12 @@ impl FileState {
         &mut self,
         path: &Path,
         state: &mut ProviderState,
-        loaded: Loaded,
+        mut loaded: Loaded,
         missing: bool,
         reread: Duration,
     ) -> bool {
         self.failed = !loaded.errors.is_empty();
+        let skipped = std::mem::take(&mut loaded.skipped);
         let now = Instant::now();
         self.missing_since = if missing && self.failed { Some(self.missing_since.unwrap_or(now)) } else { None };
         let next = if loaded.errors.is_empty() {
@@ -239,6 +240,9 @@ impl FileState {
         if next == *state {
             debug!(file = %path.display(), "routes file unchanged");
             return false;
+        }
+        for s in &skipped {
+            warn!(file = %path.display(), alias = %s.alias, reason = %s.reason, "routes file entry makes no route");
         }
         if next.errors.is_empty() {
             info!(file = %path.display(), routes = next.routes.len(), "routes file loaded");
@@ -419,17 +423,17 @@ mod tests {
     async fn edits_are_published_and_a_broken_file_keeps_the_last_good_routes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.yml");
-        write(&path, "routes:\n  a: {port: 1}\n");
+        write(&path, "routes:\n  a: {port: '1:1'}\n");
         let shutdown = CancellationToken::new();
         let mut rx = spawn(path.clone(), FileOptions::default(), shutdown.clone()).unwrap().state;
         assert_eq!(rx.borrow_and_update().routes.len(), 1);
 
-        write(&path, "routes:\n  a: {port: 1}\n  b: {port: 2}\n");
+        write(&path, "routes:\n  a: {port: '1:1'}\n  b: {port: '2:2'}\n");
         let state = next_state(&mut rx).await;
         assert_eq!(state.routes.iter().map(|r| r.alias.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert!(state.errors.is_empty());
 
-        write(&path, "routes:\n  a: {port: 1}\n  b: {prot: 2}\n");
+        write(&path, "routes:\n  a: {port: '1:1'}\n  b: {prot: 2}\n");
         let state = next_state(&mut rx).await;
         assert_eq!(state.routes.len(), 2, "the last good routes are kept");
         assert_eq!(state.errors.len(), 1);
@@ -437,7 +441,7 @@ mod tests {
 
         // Replaced by rename, as editors do.
         let tmp = dir.path().join(".routes.yml.tmp");
-        write(&tmp, "routes:\n  c: {port: 3}\n");
+        write(&tmp, "routes:\n  c: {port: '3:3'}\n");
         std::fs::rename(&tmp, &path).unwrap();
         let state = next_state(&mut rx).await;
         assert_eq!(state.routes.iter().map(|r| r.alias.as_str()).collect::<Vec<_>>(), ["c"]);
@@ -452,7 +456,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let mut rx = spawn(path.clone(), FileOptions::default(), shutdown.clone()).unwrap().state;
         assert_eq!(rx.borrow_and_update().errors.len(), 1);
-        write(&path, "routes:\n  a: {port: 1}\n");
+        write(&path, "routes:\n  a: {port: '1:1'}\n");
         let state = next_state(&mut rx).await;
         assert_eq!((state.routes.len(), state.errors.len()), (1, 0));
         shutdown.cancel();

@@ -120,7 +120,7 @@ macro_rules! option {
 pub static FIELDS: &[Field] = &[
     Field {
         name: "port",
-        help: "`LISTEN:TARGET` (`2222:22`), `TARGET` alone to let the OS pick the listen port, or two ranges \
+        help: "`LISTEN:TARGET` (`2222:22`), `TARGET` alone (with a `scheme`) to let the OS pick the listen port, or two ranges \
             of equal length (`27015-27020:27015-27020`, at most 1000 ports) to forward each port of the \
             first to the same position in the second",
         note: None,
@@ -129,9 +129,10 @@ pub static FIELDS: &[Field] = &[
     Field {
         name: "scheme",
         help: "`tcp`, `udp`, or `tcp4`/`tcp6`/`udp4`/`udp6` to force the IP family; `tcp+udp` \
-            (`tcp4+udp4`, `tcp6+udp6`) forwards both on the same listen port, which must then be explicit",
+            (`tcp4+udp4`, `tcp6+udp6`) forwards both on the same listen port, which must then be explicit. \
+            With neither `scheme` nor a listen port, a route is what GoDoxy serves over HTTP: no route",
         note: None,
-        value: Value::Draft { default: "tcp" },
+        value: Value::Draft { default: "tcp (with a listen port)" },
     },
     Field {
         name: "bind",
