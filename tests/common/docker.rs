@@ -125,6 +125,8 @@ pub struct ContainerSpec {
     /// A health check: a shell command run every so often; one failure makes the
     /// container unhealthy, one success healthy.
     pub health_check: Option<(String, Duration)>,
+    /// Ports exposed without publishing them (`53/udp`, `8080/tcp`), as `--expose` does.
+    pub expose: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -139,6 +141,7 @@ impl ContainerSpec {
             network: None,
             publish: Vec::new(),
             health_check: None,
+            expose: Vec::new(),
         }
     }
 
@@ -196,6 +199,12 @@ impl ContainerSpec {
     pub fn on_network(mut self, network: &str, container: u16, host: u16) -> Self {
         self.network = Some(network.to_string());
         self.publish.push((container, host));
+        self
+    }
+
+    /// Exposing `ports` (`53/udp`, `8080/tcp`) without publishing them.
+    pub fn exposing(mut self, ports: &[String]) -> Self {
+        self.expose.extend(ports.iter().cloned());
         self
     }
 
@@ -335,7 +344,12 @@ impl TestEngine {
                 (format!("{container}/tcp"), Some(vec![binding]))
             })
             .collect();
-        let exposed: Vec<String> = spec.publish.iter().map(|(container, _)| format!("{container}/tcp")).collect();
+        let exposed: Vec<String> = spec
+            .publish
+            .iter()
+            .map(|(container, _)| format!("{container}/tcp"))
+            .chain(spec.expose.iter().cloned())
+            .collect();
         let healthcheck = spec.health_check.as_ref().map(|(cmd, interval)| HealthConfig {
             test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
             interval: Some(interval.as_nanos() as i64),
