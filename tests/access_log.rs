@@ -28,7 +28,10 @@ fn wait_lines(dw: &Dockward, path: &Path, n: usize) -> Vec<String> {
 /// A route `ssh` to an echo server, denying 127.0.0.2 (the brute forcer of these tests).
 fn start(args: &[&str]) -> (Dockward, SocketAddr) {
     let echo = echo_server();
-    let yaml = format!("routes:\n  ssh:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    deny: [127.0.0.2]\n", echo.port());
+    let yaml = format!(
+        "routes:\n  ssh:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    deny: [127.0.0.2]\n",
+        echo.port()
+    );
     let dw = Dockward::start_with_args(&yaml, "127.0.0.1:0", args);
     let listen = dw.listen_addr("ssh");
     (dw, listen)

@@ -27,8 +27,8 @@ use docker_watcher::{
     ContainerPorts, ContainerRoutes, ContainerState, ContainerView, EngineSite, ExposedPort, PublishedPort,
     parse_container_labels, parse_labels,
 };
-use route_spec::Protocol;
 use dockward_tests::dockward::{run, workspace_root};
+use route_spec::Protocol;
 use serde_norway::Value;
 
 /// Where the cases live.
@@ -186,7 +186,12 @@ fn every_godoxy_case_gives_the_expected_routes_skips_and_errors() {
     for case in &cases {
         let r = parse_container_labels(&case.view, &case.site, &case.self_networks);
         if case.view.ports == ContainerPorts::default() && case.site == EngineSite::Local {
-            assert_eq!(r, parse_labels(&case.view, &case.self_networks), "{}: without ports, as parse_labels", case.name);
+            assert_eq!(
+                r,
+                parse_labels(&case.view, &case.self_networks),
+                "{}: without ports, as parse_labels",
+                case.name
+            );
         }
         let routes = route_lines(&r);
         let skipped: Vec<String> = r.skipped.iter().map(|s| format!("{}: {}", s.alias, s.reason)).collect();

@@ -44,7 +44,10 @@ fn sigint_stops_it_too() {
 #[test]
 fn open_connections_may_finish_within_the_drain_grace() {
     let echo = echo_server();
-    let yaml = format!("routes:\n  slow:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    drain_grace: 30s\n", echo.port());
+    let yaml = format!(
+        "routes:\n  slow:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    drain_grace: 30s\n",
+        echo.port()
+    );
     let mut dw = Dockward::start(&yaml);
     let listen = dw.listen_addr("slow");
     let mut open = connect(listen);
@@ -66,7 +69,10 @@ fn open_connections_may_finish_within_the_drain_grace() {
 #[test]
 fn a_second_signal_stops_waiting_for_open_connections() {
     let echo = echo_server();
-    let yaml = format!("routes:\n  slow:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    drain_grace: 1h\n", echo.port());
+    let yaml = format!(
+        "routes:\n  slow:\n    scheme: tcp\n    bind: 127.0.0.1\n    port: {}\n    drain_grace: 1h\n",
+        echo.port()
+    );
     let mut dw = Dockward::start(&yaml);
     let listen = dw.listen_addr("slow");
     let mut open = connect(listen);

@@ -51,10 +51,10 @@ pub use events::{SERVICE_EVENTS, WATCHED_EVENTS};
 pub use io::engine::detect_own_container_id;
 pub use io::tls::{CA_FILE, CERT_FILE, KEY_FILE};
 pub use io::watcher::DockerWatcher;
+pub use labels::{ContainerPorts, ExposedPort, PublishedPort};
 pub use labels::{ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, parse_labels};
 pub use snapshot::DockerSnapshot;
 pub use swarm::{ServiceView, TaskView, parse_service_labels};
-pub use labels::{ContainerPorts, ExposedPort, PublishedPort};
 pub use targets::{EngineSite, parse_container_labels};
 
 /// Checks labels given as `key=value` pairs, offline, for `dockward check --labels`.

@@ -25,10 +25,10 @@ use std::net::IpAddr;
 
 use route_spec::{Protocol, RouteSpec};
 
+use crate::labels::target::resolve_target;
 use crate::labels::{
     ContainerPorts, ContainerRoutes, ContainerView, LABEL_NETWORK, LabelError, PublishedPort, parse_labels,
 };
-use crate::labels::target::resolve_target;
 use crate::views::ContainerFacts;
 
 /// The placeholder target host: an address no label would name as a target.

@@ -311,8 +311,18 @@ mod tests {
 
         let mut summary = serde_json_like();
         summary.ports = Some(vec![
-            PortSummary { ip: Some("0.0.0.0".into()), private_port: 53, public_port: Some(53), typ: Some(PortSummaryTypeEnum::UDP) },
-            PortSummary { ip: Some("::".into()), private_port: 53, public_port: Some(53), typ: Some(PortSummaryTypeEnum::UDP) },
+            PortSummary {
+                ip: Some("0.0.0.0".into()),
+                private_port: 53,
+                public_port: Some(53),
+                typ: Some(PortSummaryTypeEnum::UDP),
+            },
+            PortSummary {
+                ip: Some("::".into()),
+                private_port: 53,
+                public_port: Some(53),
+                typ: Some(PortSummaryTypeEnum::UDP),
+            },
             PortSummary { ip: None, private_port: 8080, public_port: None, typ: Some(PortSummaryTypeEnum::TCP) },
         ]);
         let v = view_from_summary(summary).unwrap();
@@ -325,7 +335,8 @@ mod tests {
         use bollard::models::ContainerSummaryHostConfig;
         let mut summary = serde_json_like();
         assert!(summary_is_complete(&summary));
-        summary.host_config = Some(ContainerSummaryHostConfig { network_mode: Some("host".into()), ..Default::default() });
+        summary.host_config =
+            Some(ContainerSummaryHostConfig { network_mode: Some("host".into()), ..Default::default() });
         assert!(!summary_is_complete(&summary), "the list shows no port of a host-network container");
         summary.host_config = None;
         assert!(!summary_is_complete(&summary), "Podman's list: no network mode");

@@ -521,7 +521,9 @@ mod tests {
 
     #[test]
     fn merge_keys_share_fields_between_routes() {
-        let r = routes("routes:\n  a: &common {scheme: tcp, port: 1, bind: 127.0.0.1}\n  b:\n    <<: *common\n    port: 2\n");
+        let r = routes(
+            "routes:\n  a: &common {scheme: tcp, port: 1, bind: 127.0.0.1}\n  b:\n    <<: *common\n    port: 2\n",
+        );
         assert_eq!(r[1].listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(r[1].targets[0].port, 2);
     }

@@ -21,6 +21,10 @@
 //!   `proxy.#2.<field>`, … by position; a shortcut whose field is also set by a full label
 //!   is an error, and the shortcut is dropped;
 //! - `port: :1234` is `0:1234` (the OS picks the listen port);
+//! - an alias without `port` gets the container's preferred exposed port, and one without
+//!   `scheme` is UDP when its target port is exposed over UDP only ([`super::ports`]);
+//! - every rewritten label remembers how it was written ([`super::origin`]), so an error
+//!   names the label, field and value the user wrote;
 //! - GoDoxy's `healthcheck.interval` and `healthcheck.timeout` are `health_interval` and
 //!   `health_timeout`; GoDoxy's other fields ([`GODOXY_ONLY_FIELDS`]) are dropped with a DEBUG
 //!   note; `agent` and `tls_termination: true` are errors naming what is unsupported.
@@ -369,9 +373,9 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
                 None if !value.contains(':') && !value.contains('\n') => {
                     insert_entry(&mut pre, &mut entries, &listed, rest, value, origin, false)
                 }
-                None if rest == "*" => pre.errors.push(
-                    origin.error(None, "warning: not a YAML mapping of fields; ignored (GoDoxy ignores it too)"),
-                ),
+                None if rest == "*" => pre
+                    .errors
+                    .push(origin.error(None, "warning: not a YAML mapping of fields; ignored (GoDoxy ignores it too)")),
                 None => {
                     let alias = split_key(&format!("{rest}.x"), &listed).map(|(s, _)| s);
                     let alias = match alias {

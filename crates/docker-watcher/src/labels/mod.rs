@@ -45,12 +45,12 @@ pub use keys::{
     LABEL_EXCLUDE, LABEL_NETWORK, LABEL_PREFIX, LABEL_SWARM_TARGET,
 };
 pub use merge::parse_labels;
-pub use ports::{ContainerPorts, ExposedPort, PublishedPort};
 pub(crate) use merge::parse_subject;
 pub(crate) use model::Subject;
 pub use model::{
     ContainerRoutes, ContainerState, ContainerView, LabelError, SkippedAlias, SwarmTarget, has_proxy_labels,
 };
+pub use ports::{ContainerPorts, ExposedPort, PublishedPort};
 
 #[cfg(test)]
 mod tests;

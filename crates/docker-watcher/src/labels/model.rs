@@ -103,7 +103,13 @@ impl ContainerView {
     }
 
     pub(crate) fn subject(&self) -> Subject<'_> {
-        Subject { kind: "container", id: &self.id, name: &self.name, labels: &self.labels, exposed: &self.ports.exposed }
+        Subject {
+            kind: "container",
+            id: &self.id,
+            name: &self.name,
+            labels: &self.labels,
+            exposed: &self.ports.exposed,
+        }
     }
 }
 

@@ -97,7 +97,12 @@ mod tests {
             LabelError::label(Some("ssh"), "proxy.ssh.port", "22:22:22", "too many ':'"),
             LabelError::label(None, "proxy.#2.port", "x", "#2 is beyond the aliases"),
             LabelError::label(Some("web"), "proxy.web.port", "0:99999", "99999 is not a port"),
-            LabelError::label(Some("a"), "proxy.a.port", "1:2", "port of alias \"a\" is also set by proxy.#2.port; set it once"),
+            LabelError::label(
+                Some("a"),
+                "proxy.a.port",
+                "1:2",
+                "port of alias \"a\" is also set by proxy.#2.port; set it once",
+            ),
         ];
         restore(&mut errors, &origins);
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();

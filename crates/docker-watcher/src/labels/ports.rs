@@ -59,7 +59,6 @@ pub(crate) fn udp_only(exposed: &[ExposedPort], port: u16) -> bool {
 }
 
 impl ContainerPorts {
-
     /// The container port published on the engine's machine as `host_port`, when the label
     /// names that rather than a port of the container: GoDoxy targets the container port
     /// when it forwards to the container's own address (`-p 8080:80` and `port: 2222:8080`
