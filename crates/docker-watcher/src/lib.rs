@@ -100,7 +100,8 @@ pub async fn check_container(
         .await?
         .ok_or_else(|| WatchError::NoSuchContainer { host: host.clone(), name: name.to_string() })?;
     let own = io::engine::own_networks_of(&docker, &host, &config.own_container).await?;
-    let mut routes = targets::container_routes(&facts, &config.site, &own);
+    let site = io::engine::site_from_inside(&docker, &host, &config.own_container, &config.site).await?;
+    let mut routes = targets::container_routes(&facts, &site, &own);
     idle::check(&facts.view.labels, &mut routes);
     Ok((facts.view, routes))
 }

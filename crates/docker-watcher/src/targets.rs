@@ -14,6 +14,13 @@
 //!   containers with no address at all. A port published on one address only is reached
 //!   there, unless that is a loopback address of a remote machine. A port it does not
 //!   publish leaves the alias an error row saying why and what to do.
+//! - When dockward itself runs in a container on networks of its own
+//!   ([`EngineSite::LocalFromContainer`]), the engine's machine is its network's gateway, and
+//!   a container on none of those networks (without `proxy.network`), whose address bridge
+//!   isolation hides from dockward, is reached there on the port it publishes (not on one
+//!   published on the machine's loopback only); a port it does not publish is tried on its
+//!   address, as before. GoDoxy has no such case: it takes a container's address whenever
+//!   it has one, as dockward on the host does.
 //!
 //! `proxy.<alias>.host` overrides all of this, as everywhere.
 //!
@@ -45,6 +52,11 @@ pub enum EngineSite {
     /// On the machine with this address (from the engine's URL): containers are reached
     /// there, on the host network or a published port.
     Remote(String),
+    /// On this machine, with dockward in a container on networks of its own: the machine is
+    /// reached from there at this address (the gateway of dockward's network), so a container
+    /// that shares none of dockward's networks, whose address dockward's container cannot
+    /// reach, is reached there on the port it publishes.
+    LocalFromContainer(String),
 }
 
 /// How a container's routes without `host` reach it.
@@ -57,6 +69,9 @@ enum Via<'a> {
     UserMode(&'a str),
     /// A local container without an address: why it has none.
     NoAddress(String),
+    /// A local container on none of the networks of dockward's container: on its published
+    /// port at `gateway` (the machine, from dockward's container), else on its `address`.
+    Unshared { address: String, gateway: &'a str },
 }
 
 /// The routes and errors of one container of an engine at `site`, as the watcher sees them.
@@ -72,11 +87,16 @@ pub(crate) fn container_routes(facts: &ContainerFacts, site: &EngineSite, own_ne
 pub fn parse_container_labels(view: &ContainerView, site: &EngineSite, own_networks: &[String]) -> ContainerRoutes {
     let via = match site {
         EngineSite::Remote(host) => Via::Remote(host),
-        EngineSite::Local => match user_mode_network(&view.network_mode) {
+        EngineSite::Local | EngineSite::LocalFromContainer(_) => match user_mode_network(&view.network_mode) {
             Some(mode) => Via::UserMode(mode),
             None => match resolve_target(view, own_networks) {
                 Ok(_) if view.network_mode == "host" => return parse_labels(view, own_networks),
-                Ok(address) => Via::Address(address),
+                Ok(address) => match site {
+                    EngineSite::LocalFromContainer(gateway) if shares_no_network(view, own_networks) => {
+                        Via::Unshared { address, gateway }
+                    }
+                    _ => Via::Address(address),
+                },
                 Err(LabelError::NoTarget { reason }) => Via::NoAddress(reason),
                 // A `proxy.network` problem: the labels say it themselves.
                 Err(_) => return parse_labels(view, own_networks),
@@ -93,7 +113,7 @@ pub fn parse_container_labels(view: &ContainerView, site: &EngineSite, own_netwo
     let mut out = parse_labels(&probe, &[]);
     let routes = std::mem::take(&mut out.routes);
     for mut route in routes {
-        match resolve(&mut route, view, &via) {
+        match resolve(&mut route, view, &via, site) {
             Ok(()) => out.routes.push(route),
             Err(e) => out.push_error(e),
         }
@@ -107,10 +127,20 @@ fn user_mode_network(mode: &str) -> Option<&str> {
     ["pasta", "slirp4netns"].into_iter().find(|m| *m == name)
 }
 
+/// True when dockward runs in a container and `view` is on none of its networks (and
+/// `proxy.network` does not name one, which is the user's word that it is reachable).
+fn shares_no_network(view: &ContainerView, own_networks: &[String]) -> bool {
+    !own_networks.is_empty()
+        && !view.labels.contains_key(LABEL_NETWORK)
+        && !view.networks.keys().any(|n| own_networks.contains(n))
+}
+
 /// Replaces the placeholder in `route`'s targets; the error when a target cannot be reached.
-fn resolve(route: &mut RouteSpec, view: &ContainerView, via: &Via<'_>) -> Result<(), LabelError> {
+fn resolve(route: &mut RouteSpec, view: &ContainerView, via: &Via<'_>, site: &EngineSite) -> Result<(), LabelError> {
     let ports: &ContainerPorts = &view.ports;
-    let (machine, remote) = match via {
+    // The engine's machine as dockward reaches it, and whether dockward is outside it (so a
+    // port published on the machine's loopback only is out of reach).
+    let (machine, outside) = match via {
         Via::Address(address) => {
             for target in route.targets.iter_mut().filter(|t| t.host == PLACEHOLDER) {
                 target.host = address.clone();
@@ -121,18 +151,22 @@ fn resolve(route: &mut RouteSpec, view: &ContainerView, via: &Via<'_>) -> Result
             return Ok(());
         }
         Via::Remote(host) => (*host, true),
-        Via::UserMode(_) | Via::NoAddress(_) => ("127.0.0.1", false),
+        Via::Unshared { gateway, .. } => (*gateway, true),
+        Via::UserMode(_) | Via::NoAddress(_) => match site {
+            EngineSite::LocalFromContainer(gateway) => (gateway.as_str(), true),
+            _ => ("127.0.0.1", false),
+        },
     };
     let protocol = route.protocol;
     for target in route.targets.iter_mut().filter(|t| t.host == PLACEHOLDER) {
-        if remote && view.network_mode == "host" {
+        if matches!(via, Via::Remote(_)) && view.network_mode == "host" {
             target.host = machine.to_string();
             continue;
         }
         let reachable = |p: &&PublishedPort| {
             p.container_port == target.port
                 && p.protocol == protocol
-                && !(remote && p.host_ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+                && !(outside && p.host_ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
         };
         match ports.published.iter().find(reachable) {
             Some(p) => {
@@ -140,7 +174,16 @@ fn resolve(route: &mut RouteSpec, view: &ContainerView, via: &Via<'_>) -> Result
                 target.host = specific.map(|ip| ip.to_string()).unwrap_or_else(|| machine.to_string());
                 target.port = p.host_port;
             }
-            None => return Err(unreachable(&route.alias, protocol, target.port, view, via)),
+            None => match via {
+                // Not published: its own address, as before dockward knew better.
+                Via::Unshared { address, .. } => {
+                    target.host = address.clone();
+                    if let Some(port) = ports.container_port_published_as(target.port, protocol) {
+                        target.port = port;
+                    }
+                }
+                _ => return Err(unreachable(&route.alias, protocol, target.port, view, via)),
+            },
         }
     }
     Ok(())
@@ -170,7 +213,7 @@ fn unreachable(alias: &str, protocol: Protocol, port: u16, view: &ContainerView,
         ),
         // As without published ports: what the container's networks lack, and the way out.
         Via::NoAddress(reason) => reason.clone(),
-        Via::Address(_) => String::new(), // never unreachable
+        Via::Address(_) | Via::Unshared { .. } => String::new(), // never unreachable
     };
     LabelError::NoTarget { reason }
 }
@@ -266,6 +309,52 @@ mod tests {
         );
         let host = facts("host", &[("host", "")], &[("proxy.web.port", "8080:80")], &[]);
         assert_eq!(targets(&container_routes(&host, &EngineSite::Local, &[])), ["web 127.0.0.1:80"]);
+    }
+
+    #[test]
+    fn from_dockwards_own_container_an_unshared_container_is_reached_through_the_gateway() {
+        let gateway = EngineSite::LocalFromContainer("172.19.0.1".into());
+        let own = ["proxy".to_string()];
+        let f = facts(
+            "bridge",
+            &[("shop_default", "172.20.0.4")],
+            &[
+                ("proxy.aliases", "web,db,cache"),
+                ("proxy.web.port", "8080:80"),
+                ("proxy.db.port", "5432:5432"),
+                ("proxy.cache.port", "6379:6379"),
+            ],
+            &[(80, Protocol::Tcp, "0.0.0.0", 32768), (5432, Protocol::Tcp, "127.0.0.1", 5432)],
+        );
+        let r = container_routes(&f, &gateway, &own);
+        assert_eq!(
+            targets(&r),
+            ["web 172.19.0.1:32768", "db 172.20.0.4:5432", "cache 172.20.0.4:6379"],
+            "published: through the gateway; on the machine's loopback only, or not published: its own address"
+        );
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+
+        let shared = facts(
+            "bridge",
+            &[("proxy", "172.19.0.7")],
+            &[("proxy.web.port", "8080:80")],
+            &[(80, Protocol::Tcp, "", 32768)],
+        );
+        assert_eq!(targets(&container_routes(&shared, &gateway, &own)), ["web 172.19.0.7:80"], "a shared network");
+        let named = facts(
+            "bridge",
+            &[("shop_default", "172.20.0.4")],
+            &[("proxy.web.port", "8080:80"), ("proxy.network", "shop_default")],
+            &[(80, Protocol::Tcp, "", 32768)],
+        );
+        assert_eq!(
+            targets(&container_routes(&named, &gateway, &own)),
+            ["web 172.20.0.4:80"],
+            "proxy.network is the user's word"
+        );
+        let bare =
+            facts("bridge", &[("bridge", "")], &[("proxy.web.port", "8080:80")], &[(80, Protocol::Tcp, "", 32768)]);
+        assert_eq!(targets(&container_routes(&bare, &gateway, &own)), ["web 172.19.0.1:32768"], "no address at all");
     }
 
     #[test]

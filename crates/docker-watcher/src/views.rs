@@ -155,6 +155,21 @@ pub fn view_from_inspect(c: ContainerInspectResponse) -> Option<ContainerView> {
     })
 }
 
+/// How the inspected container reaches its engine's machine: the gateway of the first
+/// network (by name) on which it has an address; `None` on the host's network or none.
+pub(crate) fn gateway_of(c: &ContainerInspectResponse) -> Option<String> {
+    if c.host_config.as_ref().and_then(|h| h.network_mode.as_deref()) == Some("host") {
+        return None;
+    }
+    let networks: BTreeMap<&String, &EndpointSettings> =
+        c.network_settings.as_ref().and_then(|n| n.networks.as_ref())?.iter().collect();
+    networks
+        .values()
+        .filter(|ep| ep.ip_address.as_deref().is_some_and(|ip| !ip.is_empty()))
+        .find_map(|ep| ep.gateway.as_deref()?.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_string())
+}
+
 /// The first 12 characters of an id, as `docker ps` shows it.
 pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
@@ -328,6 +343,29 @@ mod tests {
         let v = view_from_summary(summary).unwrap();
         assert_eq!(v.ports.exposed, [port(53, Protocol::Udp), port(8080, Protocol::Tcp)]);
         assert_eq!(v.ports.published.len(), 2);
+    }
+
+    #[test]
+    fn a_container_reaches_the_machine_through_its_first_networks_gateway() {
+        use bollard::models::{ContainerInspectResponse, HostConfig, NetworkSettings};
+        let endpoint = |ip: &str, gateway: &str| EndpointSettings {
+            ip_address: Some(ip.into()),
+            gateway: Some(gateway.into()),
+            ..Default::default()
+        };
+        let inspect = |mode: &str, networks: Vec<(&str, EndpointSettings)>| ContainerInspectResponse {
+            host_config: Some(HostConfig { network_mode: Some(mode.into()), ..Default::default() }),
+            network_settings: Some(NetworkSettings {
+                networks: Some(networks.into_iter().map(|(n, ep)| (n.to_string(), ep)).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let two = vec![("zeta", endpoint("172.20.0.2", "172.20.0.1")), ("proxy", endpoint("172.19.0.5", "172.19.0.1"))];
+        assert_eq!(gateway_of(&inspect("proxy", two)).as_deref(), Some("172.19.0.1"));
+        let no_address = vec![("proxy", endpoint("", "172.19.0.1"))];
+        assert_eq!(gateway_of(&inspect("proxy", no_address)), None);
+        assert_eq!(gateway_of(&inspect("host", vec![("host", endpoint("", ""))])), None);
     }
 
     #[test]

@@ -17,8 +17,10 @@ use crate::error::WatchError;
 use crate::idle::config::LABEL_IDLE_TIMEOUT;
 use crate::io::tls::TlsEngine;
 use crate::labels::LABEL_PREFIX;
+use crate::targets::EngineSite;
 use crate::views::{
-    ContainerFacts, facts_from_inspect, facts_from_summary, id_from_cgroup, id_from_mountinfo, summary_is_complete,
+    ContainerFacts, facts_from_inspect, facts_from_summary, gateway_of, id_from_cgroup, id_from_mountinfo,
+    summary_is_complete,
 };
 
 /// A connected engine: the bollard client, and for a TLS engine what bare requests
@@ -164,6 +166,30 @@ pub(crate) async fn own_networks_of(
             Some(id) => own_networks(docker, host, &id).await,
             None => Ok(Vec::new()),
         },
+    }
+}
+
+/// Where dockward reaches the containers of an engine configured at `site` from: a local
+/// engine's machine is [`EngineSite::LocalFromContainer`] (its gateway) when dockward runs
+/// in a container of it on networks of its own, found as `own` says; else `site` itself.
+pub(crate) async fn site_from_inside(
+    docker: &Docker,
+    host: &str,
+    own: &OwnContainer,
+    site: &EngineSite,
+) -> Result<EngineSite, WatchError> {
+    let id = match (site, own) {
+        (EngineSite::Local, OwnContainer::Id(id)) => id.clone(),
+        (EngineSite::Local, OwnContainer::Detect) => match detect_own_container_id() {
+            Some(id) => id,
+            None => return Ok(site.clone()),
+        },
+        _ => return Ok(site.clone()),
+    };
+    match docker.inspect_container(&id, None).await {
+        Ok(c) => Ok(gateway_of(&c).map(EngineSite::LocalFromContainer).unwrap_or_else(|| site.clone())),
+        Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(site.clone()),
+        Err(source) => Err(WatchError::engine(host, "inspect", source)),
     }
 }
 

@@ -92,6 +92,8 @@ impl<'a> Session<'a> {
         self.update_swarm(&docker, &mut swarm, &events_tx).await?;
 
         self.state.own_networks = engine::own_networks_of(&docker, self.host, &self.config.own_container).await?;
+        self.state.site =
+            engine::site_from_inside(&docker, self.host, &self.config.own_container, &self.config.site).await?;
 
         self.resync(&docker, &mut swarm).await?;
         self.state.snap.connected = true;
