@@ -35,25 +35,20 @@ async fn exposed_ports_give_the_scheme_and_port_that_labels_leave_out() {
     let dockward = DockwardWithDocker::start(&engine, None);
     let (tcp_target, udp_target) = (free_tcp_port(), free_udp_port());
     let udp_listen = free_udp_port();
-    let spec = ContainerSpec::tcp_and_udp_echo(
-        "exposed",
-        tcp_target,
-        udp_target,
-        &[
-            ("proxy.aliases", "dns, app"),
-            ("proxy.*.bind", "127.0.0.1"),
-            ("proxy.dns.port", &format!("{udp_listen}:{udp_target}")),
-            ("proxy.app.scheme", "tcp"),
-        ],
-    )
-    .exposing(&[format!("{udp_target}/udp"), format!("{tcp_target}/tcp")]);
-    let mut containers = vec![engine.run(&spec).await];
-    let name = containers[0].name.clone();
+    let dns_port = format!("{udp_listen}:{udp_target}");
+    let dns_labels = [("proxy.aliases", "dns"), ("proxy.dns.bind", "127.0.0.1"), ("proxy.dns.port", dns_port.as_str())];
+    let dns_spec =
+        ContainerSpec::udp_echo("exposed-udp", udp_target, &dns_labels).exposing(&[format!("{udp_target}/udp")]);
+    let app_labels = [("proxy.aliases", "app"), ("proxy.app.bind", "127.0.0.1"), ("proxy.app.scheme", "tcp")];
+    let app_spec =
+        ContainerSpec::tcp_echo("exposed-tcp", tcp_target, &app_labels).exposing(&[format!("{tcp_target}/tcp")]);
+    let mut containers = vec![engine.run(&dns_spec).await, engine.run(&app_spec).await];
+    let (dns_name, app_name) = (containers[0].name.clone(), containers[1].name.clone());
 
-    let dns = dockward.wait_row(&name, "dns", "listening", FOLLOW, |r| r["state"] == "listening");
+    let dns = dockward.wait_row(&dns_name, "dns", "listening", FOLLOW, |r| r["state"] == "listening");
     assert_eq!(dns["protocol"], "udp", "no scheme, and {udp_target} is exposed over UDP only: {dns}");
     assert_eq!(dns["targets"], serde_json::json!([format!("127.0.0.1:{udp_target}")]));
-    let app = dockward.wait_row(&name, "app", "listening", FOLLOW, |r| r["state"] == "listening");
+    let app = dockward.wait_row(&app_name, "app", "listening", FOLLOW, |r| r["state"] == "listening");
     assert_eq!(app["protocol"], "tcp");
     assert_eq!(app["targets"], serde_json::json!([format!("127.0.0.1:{tcp_target}")]), "the exposed port: {app}");
 
@@ -62,7 +57,7 @@ async fn exposed_ports_give_the_scheme_and_port_that_labels_leave_out() {
     assert_ne!(app_listen.port(), 0, "the OS picked a port");
     assert_eq!(tcp_echo_eventually(app_listen, b"over tcp", TARGET_UP), b"over tcp");
 
-    let mut args = vec!["check", "--container", name.as_str()];
+    let mut args = vec!["check", "--container", dns_name.as_str(), "--container", app_name.as_str()];
     let host = std::env::var("DOCKER_HOST").unwrap_or_default();
     if !host.is_empty() {
         args.extend(["--docker-host", host.as_str()]);
