@@ -22,8 +22,8 @@
 //!   is an error, and the shortcut is dropped;
 //! - `port: :1234` is `0:1234` (the OS picks the listen port);
 //! - an alias without `port` gets the container's preferred exposed port, and one without
-//!   `scheme` is UDP when its target port is exposed over UDP only ([`super::ports`]);
-//! - every rewritten label remembers how it was written ([`super::origin`]), so an error
+//!   `scheme` is UDP when its target port is exposed over UDP only (`labels::ports`);
+//! - every rewritten label remembers how it was written (`labels::origin`), so an error
 //!   names the label, field and value the user wrote;
 //! - GoDoxy's `healthcheck.interval` and `healthcheck.timeout` are `health_interval` and
 //!   `health_timeout`; GoDoxy's other fields ([`GODOXY_ONLY_FIELDS`]) are dropped with a DEBUG

@@ -29,7 +29,7 @@
 //!
 //! The parts, each pure: [`keys`] (the key grammar), [`merge`] (merge and precedence:
 //! labels to routes), [`target`] (target resolution and the network choice shared with
-//! swarm services), [`ports`] (a container's ports and GoDoxy's rules on them), and the
+//! swarm services), `ports` (a container's ports and GoDoxy's rules on them), and the
 //! values they work on ([`model`]).
 
 pub mod godoxy;
