@@ -69,8 +69,9 @@ fuzz:
 	done
 
 # Loopback benchmark against direct, HAProxy, nginx stream and socat (bench/README.md); about
-# 15 minutes, writes bench/RESULTS.md. BENCH_QUICK=1 for a ~3-minute smoke run. Its wake
-# scenario (bench/wake.sh, issue 14) needs Docker and is skipped, saying why, without it.
+# 16 minutes, writes bench/RESULTS.md. BENCH_QUICK=1 for a ~3-minute smoke run. Its wake
+# scenario (bench/wake.sh, issue 14) needs Docker and is skipped, saying why, without it; the
+# access-log scenario (bench/access-log.sh, issue 16) compares churn with the log on and off.
 bench:
 	bash bench/run.sh
 

@@ -506,6 +506,26 @@ def table(path):
         w("")
         w(wake_table(wk[-1]))
 
+    # The access log's cost (bench/access-log.sh).
+    al = by.get(("access-log", "dockward"), [])
+    if al and "rate_ratio" in al[-1]:
+        a = al[-1]
+        verdict = "met" if a["rate_ratio"] >= 0.95 else "missed"
+        w("## Access log cost (issue 16)")
+        w("")
+        w("bench/access-log.sh: connection churn through two dockward processes serving the same echo server, "
+          "one writing its access log to a file (text), one without, in interleaved rounds; medians.")
+        w("")
+        w("| | off | on | on / off |")
+        w("| --- | ---: | ---: | ---: |")
+        w(f"| churn conns/s | {a['rate_off']:,.0f} | {a['rate_on']:,.0f} | {a['rate_ratio']:.3f} |")
+        if "cpu_ratio" in a:
+            w(f"| proxy CPU ms per 1,000 connections | {a['cpu_off']:.1f} | {a['cpu_on']:.1f} | {a['cpu_ratio']:.3f} |")
+        w("")
+        w(f"Target: churn with the access log on within 5 % of off: **{verdict}**"
+          f" ({a.get('lines', 0):,} lines written).")
+        w("")
+
     # Notes: setup and anything skipped.
     w("## What ran")
     w("")

@@ -39,7 +39,7 @@ CHURN_CONC=${BENCH_CHURN_CONCURRENCY:-50}
 # Which targets to run (a subset is handy while developing).
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct dockward haproxy nginx socat}"
 # Which scenarios to run (a subset for a targeted measurement; the report shows what ran).
-SCENARIOS=" ${BENCH_SCENARIOS:-bulk latency churn udp idle sessions route wake} "
+SCENARIOS=" ${BENCH_SCENARIOS:-bulk latency churn udp idle sessions route wake access_log} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 
 # Everything the bench starts runs at this priority, so a compile in the background disturbs the
@@ -701,6 +701,36 @@ if want wake; then
     elif ! BENCH_DOCKWARD_BIN=$DOCKWARD BENCH_WAKE_RESULTS=$RESULTS BENCH_WAKE_ROUNDS=$WAKE_ROUNDS BENCH_NICE=$NICE \
         timeout $((WAKE_ROUNDS * 60 + 120)) bash "$BENCH/wake.sh"; then
         note dockward "wake: bench/wake.sh failed (its output is above)"
+    fi
+fi
+
+# The access log's cost (issue 16): churn through two dockward processes, one writing its
+# access log to a file, in interleaved rounds; bench/access-log.sh prints the medians.
+if want access_log; then
+    log "8. access log: churn with the access log to a file against without"
+    if [ -z "$DOCKWARD" ]; then
+        note dockward "access log: no dockward binary, not measured"
+    elif al=$(BENCH_DOCKWARD_BIN=$DOCKWARD BENCH_LOADGEN_BIN=$LG BENCH_CHURN_CONCURRENCY=$CHURN_CONC \
+        BENCH_AL_ROUNDS=$((CHURN_ROUNDS * 2)) BENCH_AL_SECS=$CHURN_SECS timeout 600 bash "$BENCH/access-log.sh"); then
+        printf '%s\n' "$al" >&2
+        record dockward access-log "$(python3 - "$al" <<'PY'
+import json, re, sys
+text = sys.argv[1]
+rate = re.search(r"median conns/s: off (\d+), on (\d+); on/off = ([\d.]+)", text)
+cpu = re.search(r"median proxy CPU ms per 1,000 connections: off ([\d.]+), on ([\d.]+); on/off = ([\d.]+)", text)
+lines = re.search(r"access-log lines written: (\d+)", text)
+out = {}
+if rate:
+    out.update(rate_off=float(rate[1]), rate_on=float(rate[2]), rate_ratio=float(rate[3]))
+if cpu:
+    out.update(cpu_off=float(cpu[1]), cpu_on=float(cpu[2]), cpu_ratio=float(cpu[3]))
+if lines:
+    out.update(lines=int(lines[1]))
+print(json.dumps(out))
+PY
+)"
+    else
+        note dockward "access log: bench/access-log.sh failed"
     fi
 fi
 
