@@ -13,6 +13,7 @@
 //! ["5353:53/udp", "127.0.0.1:8080:80/tcp"]` (HOST_PORT:CONTAINER_PORT/PROTOCOL, with an
 //! optional host address first), and `engine: 192.168.2.100` for a remote engine at that
 //! address (default: local). Published ports count as exposed too, as in the engine's answers.
+//! `image: postgres:16` is the container's image, whose name may give a missing scheme and port.
 //!
 //! The labels go through `docker_watcher::parse_container_labels`, the function the Docker
 //! provider and `dockward check --container` use (for a container without ports on a local
@@ -153,6 +154,7 @@ fn load_cases() -> Vec<Case> {
                     network_mode,
                     networks,
                     ports: ports(container),
+                    image: fact("image").unwrap_or_default(),
                     state: ContainerState::Running,
                 },
                 site: fact("engine").map(EngineSite::Remote).unwrap_or_default(),
@@ -279,6 +281,7 @@ fn the_godoxy_example_compose_file_makes_its_documented_routes() {
                 .into_iter()
                 .collect(),
             ports: Default::default(),
+            image: String::new(),
             state: ContainerState::Running,
         };
         let r = parse_labels(&view, &[]);

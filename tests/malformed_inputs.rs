@@ -102,6 +102,7 @@ fn view(case: &serde_norway::Mapping) -> ContainerView {
         network_mode: text(case, "network_mode").unwrap_or_else(|| "host".into()),
         networks,
         ports: Default::default(),
+        image: String::new(),
         state: ContainerState::Running,
     }
 }
@@ -215,6 +216,7 @@ fn pathological_labels_are_errors_not_panics() {
         labels,
         network_mode: "host".into(),
         ports: Default::default(),
+        image: String::new(),
         state: ContainerState::Running,
         ..Default::default()
     };

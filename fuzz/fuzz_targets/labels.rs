@@ -115,6 +115,9 @@ fn value(v: &Value) -> String {
     }
 }
 
+/// Images whose names GoDoxy's tables know (TCP, HTTP) and one they do not.
+const IMAGES: &[&str] = &["postgres:16", "nginx", "busybox"];
+
 fuzz_target!(|input: Input| {
     let labels: BTreeMap<String, String> = input.labels.iter().map(|(k, v)| (key(k), value(v))).collect();
     let view = ContainerView {
@@ -129,6 +132,7 @@ fuzz_target!(|input: Input| {
             .map(|(n, ip)| (NETWORKS[usize::from(*n) % NETWORKS.len()].to_string(), ip.map(IpAddr::from)))
             .collect(),
         ports: Default::default(),
+        image: IMAGES[usize::from(input.network_mode) % IMAGES.len()].into(),
         state: ContainerState::Running,
     };
     let own: Vec<String> =

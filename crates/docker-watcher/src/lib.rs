@@ -70,6 +70,7 @@ pub fn check_labels(pairs: &[(String, String)], name: &str) -> ContainerRoutes {
         network_mode: "host".to_string(),
         networks: Default::default(),
         ports: Default::default(),
+        image: String::new(),
         state: ContainerState::Running,
     };
     let mut routes = parse_labels(&view, &[]);

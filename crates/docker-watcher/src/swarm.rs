@@ -77,7 +77,8 @@ pub struct ServiceView {
 /// `self_networks` are the networks of dockward's own container when it runs in one.
 /// Every route's [`RouteSpec::source`](route_spec::RouteSpec::source) is the service name.
 pub fn parse_service_labels(view: &ServiceView, self_networks: &[String]) -> ContainerRoutes {
-    let subject = Subject { kind: "service", id: &view.id, name: &view.name, labels: &view.labels, exposed: &[] };
+    let subject =
+        Subject { kind: "service", id: &view.id, name: &view.name, labels: &view.labels, exposed: &[], image: "" };
     parse_subject(&subject, || service_targets(view, self_networks))
 }
 

@@ -250,6 +250,7 @@ mod tests {
                 network_mode: mode.into(),
                 networks: networks.iter().map(|(n, ip)| (n.to_string(), ip.parse().ok())).collect(),
                 ports: ContainerPorts { exposed, published },
+                image: String::new(),
                 state: ContainerState::Running,
             },
             health: None,

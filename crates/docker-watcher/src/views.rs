@@ -124,6 +124,7 @@ pub fn view_from_summary(c: ContainerSummary) -> Option<ContainerView> {
         network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
         networks: c.network_settings.and_then(|n| n.networks).map(addresses).unwrap_or_default(),
         ports: c.ports.as_deref().map(ports_from_summary).unwrap_or_default(),
+        image: c.image.clone().unwrap_or_default(),
         state: c.state.map(|s| ContainerState::parse(s.as_ref())).unwrap_or_default(),
         id,
     })
@@ -144,8 +145,10 @@ pub fn view_from_inspect(c: ContainerInspectResponse) -> Option<ContainerView> {
         c.config.as_ref().and_then(|cfg| cfg.exposed_ports.as_deref()),
         c.network_settings.as_ref().and_then(|n| n.ports.as_ref()),
     );
+    let image = c.config.as_ref().and_then(|cfg| cfg.image.clone()).unwrap_or_default();
     Some(ContainerView {
         name,
+        image,
         labels: c.config.and_then(|cfg| cfg.labels).map(sorted).unwrap_or_default(),
         network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
         networks: c.network_settings.and_then(|n| n.networks).map(addresses).unwrap_or_default(),

@@ -43,7 +43,7 @@ use tracing::debug;
 use super::keys::{IDLE_LABELS, IGNORED_CONTAINER_LABELS, LABEL_PREFIX};
 use super::model::{ContainerRoutes, LabelError, SkippedAlias, Subject, has_proxy_labels};
 use super::origin::{Origin, restore};
-use super::ports::{ExposedPort, preferred_port, udp_only};
+use super::ports::{DefaultScheme, ExposedPort, default_port, preferred_port, udp_only};
 
 /// Runs `parse` (the label grammar) with GoDoxy's conventions: the labels go through
 /// [`prepass`] first, and the result through [`Prepassed::finish`].
@@ -54,7 +54,7 @@ pub(crate) fn with_conventions(
     if !has_proxy_labels(subject.labels) {
         return parse(subject);
     }
-    let pre = prepass(subject.name, subject.labels, subject.exposed);
+    let pre = prepass(subject.name, subject.labels, subject.exposed, subject.image);
     let out = {
         let rewritten = Subject { labels: &pre.labels, ..*subject };
         parse(&rewritten)
@@ -296,7 +296,12 @@ fn has_no_listen_port(port: &str) -> bool {
 ///
 /// `exposed` are the container's ports: an alias without `port` takes the one GoDoxy would
 /// pick, and one without `scheme` is UDP when its target port is exposed over UDP only.
-pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[ExposedPort]) -> Prepassed {
+pub(crate) fn prepass(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    exposed: &[ExposedPort],
+    image: &str,
+) -> Prepassed {
     let mut pre = Prepassed::default();
     if name.starts_with("buildx_") {
         pre.container_excluded = Some("the container is a Docker buildx builder (buildx_…); GoDoxy skips it".into());
@@ -534,10 +539,33 @@ pub(crate) fn prepass(name: &str, labels: &BTreeMap<String, String>, exposed: &[
             pre.excluded
                 .insert(alias.clone(), "alias ends in -old (a container mid-rename); GoDoxy excludes it".into());
         }
-        let s = scheme.get(&alias).or(any_scheme.as_ref());
+        let mut s = scheme.get(&alias).or(any_scheme.as_ref()).cloned();
         let mut p = port.get(&alias).or(any_port.as_ref()).cloned();
         let addressable = !alias.starts_with(['#', '*']) && fields::check_printable(&alias).is_ok();
-        // GoDoxy's finalize: an alias without port targets the container's preferred port…
+        // GoDoxy's finalize: the image's name (then the alias) gives a missing scheme and
+        // port (`postgres` is TCP on 5432, `nginx` HTTP on 80)…
+        if let (true, Some((by_scheme, by_port))) = (addressable, default_port(image, &alias)) {
+            if s.is_none() {
+                match by_scheme {
+                    DefaultScheme::Tcp => {
+                        debug!(alias = %alias, image, "alias without scheme: tcp, by its image");
+                        pre.labels.insert(format!("{LABEL_PREFIX}{alias}.scheme"), "tcp".to_string());
+                        s = Some("tcp".to_string());
+                    }
+                    DefaultScheme::Http => {
+                        debug!(alias = %alias, image, "alias without scheme: HTTP, by its image or name");
+                        pre.http.insert(alias.clone());
+                        continue;
+                    }
+                }
+            }
+            if p.is_none() {
+                debug!(alias = %alias, port = by_port, "alias without port: its image's or name's port");
+                pre.labels.insert(format!("{LABEL_PREFIX}{alias}.port"), by_port.to_string());
+                p = Some(by_port.to_string());
+            }
+        }
+        // …an alias without port targets the container's preferred port…
         if let (None, true, Some(filled)) = (&p, addressable, preferred_port(exposed)) {
             debug!(alias = %alias, port = filled, "alias without port: the container's preferred port");
             pre.labels.insert(format!("{LABEL_PREFIX}{alias}.port"), filled.to_string());
@@ -686,6 +714,7 @@ mod tests {
                 ("proxy.ssh.scheme", "udp"),
             ]),
             &[],
+            "",
         );
         assert_eq!(pre.labels.get("proxy.ssh.port").map(String::as_str), Some("2222:22"));
         assert_eq!(pre.labels.get("proxy.ssh.scheme").map(String::as_str), Some("udp"));
@@ -699,6 +728,7 @@ mod tests {
             "app",
             &labels(&[("proxy.aliases", "A, b"), ("proxy.ports", "1:2, 3:4"), ("proxy.$2.Scheme", "udp")]),
             &[],
+            "",
         );
         assert_eq!(pre.labels.get("proxy.aliases").map(String::as_str), Some("a, b"));
         assert_eq!(pre.labels.get("proxy.#1.port").map(String::as_str), Some("1:2"));
@@ -709,7 +739,7 @@ mod tests {
     #[test]
     fn no_proxy_labels_means_no_rewrite() {
         let l = labels(&[("com.docker.compose.project", "x")]);
-        let subject = Subject { kind: "container", id: "id", name: "Upper", labels: &l, exposed: &[] };
+        let subject = Subject { kind: "container", id: "id", name: "Upper", labels: &l, exposed: &[], image: "" };
         let out = crate::labels::parse_subject(&subject, || Ok(vec!["127.0.0.1".into()]));
         assert!(out.routes.is_empty() && out.errors.is_empty() && out.skipped.is_empty());
     }

@@ -91,6 +91,9 @@ pub struct ContainerView {
     /// Its exposed and published ports: GoDoxy takes a missing `port` and a UDP `scheme`
     /// from them, and targets through them what its address cannot serve.
     pub ports: ContainerPorts,
+    /// Its image as the engine names it (`postgres:16`, `ghcr.io/org/app:1.2`): GoDoxy picks a
+    /// missing scheme and port by the image's name (`postgres` is TCP on 5432).
+    pub image: String,
     /// Its lifecycle state.
     pub state: ContainerState,
 }
@@ -109,6 +112,7 @@ impl ContainerView {
             name: &self.name,
             labels: &self.labels,
             exposed: &self.ports.exposed,
+            image: &self.image,
         }
     }
 }
@@ -131,6 +135,8 @@ pub(crate) struct Subject<'a> {
     pub(crate) labels: &'a BTreeMap<String, String>,
     /// The ports it exposes (none for a swarm service).
     pub(crate) exposed: &'a [ExposedPort],
+    /// Its image reference (empty for a swarm service).
+    pub(crate) image: &'a str,
 }
 
 /// A label problem: which label, its value, and what is wrong.

@@ -42,6 +42,92 @@ pub struct ContainerPorts {
 /// GoDoxy's order of preference for the port of an alias that sets none.
 const PREFERRED_PORTS: &[u16] = &[80, 8080, 3000, 8000, 443, 8443];
 
+/// What an image's (or alias's) name says a route is, in GoDoxy's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DefaultScheme {
+    /// A stream route (`postgres`, `redis`, `minecraft-server`).
+    Tcp,
+    /// An HTTP or HTTPS route, which GoDoxy serves (`nginx`, `grafana`, `portainer-ce`).
+    Http,
+}
+
+/// GoDoxy's `ImageNamePortMapTCP` (internal/routevalidate/port_selection.go).
+const IMAGE_TCP: &[(&str, u16)] = &[
+    ("mssql", 1433),
+    ("mysql", 3306),
+    ("mariadb", 3306),
+    ("postgres", 5432),
+    ("pgvecto-rs", 5432),
+    ("pgvector", 5432),
+    ("rabbitmq", 5672),
+    ("redis", 6379),
+    ("memcached", 11211),
+    ("mongo", 27017),
+    ("minecraft-server", 25565),
+];
+
+/// GoDoxy's `ImageNamePortMapHTTP` and `ImageNamePortMapHTTPS`, then `AliasPortMapHTTPS`
+/// (by alias): HTTP(S) routes, which make no dockward route unless a scheme says otherwise.
+const IMAGE_HTTP: &[(&str, u16)] = &[
+    ("adguardhome", 3000),
+    ("bazarr", 6767),
+    ("calibre-web", 8083),
+    ("changedetection.io", 3000),
+    ("dockge", 5001),
+    ("gitea", 3000),
+    ("gogs", 3000),
+    ("grafana", 3000),
+    ("home-assistant", 8123),
+    ("homebridge", 8581),
+    ("httpd", 80),
+    ("immich", 3001),
+    ("jellyfin", 8096),
+    ("lidarr", 8686),
+    ("microbin", 8080),
+    ("nginx", 80),
+    ("nginx-proxy-manager", 81),
+    ("open-webui", 8080),
+    ("plex", 32400),
+    ("prometheus", 9090),
+    ("prowlarr", 9696),
+    ("radarr", 7878),
+    ("radarr-sma", 7878),
+    ("rsshub", 1200),
+    ("rss-bridge", 80),
+    ("sonarr", 8989),
+    ("sonarr-sma", 8989),
+    ("uptime-kuma", 3001),
+    ("whisparr", 6969),
+    ("portainer-be", 9443),
+    ("portainer-ce", 9443),
+];
+
+/// GoDoxy's `AliasPortMapHTTPS`: aliases that are HTTP(S) routes on a known port.
+const ALIAS_HTTP: &[(&str, u16)] = &[("portainer", 9443), ("crafty", 8080)];
+
+/// The name part of an image reference, as GoDoxy's `parseImage` takes it: without registry,
+/// path, tag or digest (`ghcr.io/tensorchord/pgvecto-rs:pg16` → `pgvecto-rs`). Unlike
+/// GoDoxy's, a registry with a port (`localhost:5000/redis`) does not confuse it.
+pub(crate) fn image_name(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split(':').next().unwrap_or(last)
+}
+
+/// The scheme and port GoDoxy gives an alias that sets neither, by its container's image name
+/// (HTTP tables first, as GoDoxy looks), else by the alias itself; `None` when neither is known.
+pub(crate) fn default_port(image: &str, alias: &str) -> Option<(DefaultScheme, u16)> {
+    let name = image_name(image);
+    let find = |table: &[(&str, u16)], key: &str| table.iter().find(|(n, _)| *n == key).map(|(_, p)| *p);
+    if let Some(port) = find(IMAGE_HTTP, name) {
+        return Some((DefaultScheme::Http, port));
+    }
+    if let Some(port) = find(IMAGE_TCP, name) {
+        return Some((DefaultScheme::Tcp, port));
+    }
+    find(ALIAS_HTTP, alias).map(|port| (DefaultScheme::Http, port))
+}
+
 /// The port GoDoxy targets for an alias without `port`: the first of 80, 8080, 3000, 8000,
 /// 443, 8443 the container exposes, else its lowest; `None` when it exposes none. The
 /// protocol does not matter here, as in GoDoxy.
@@ -91,6 +177,26 @@ mod tests {
     }
 
     use Protocol::{Tcp, Udp};
+
+    #[test]
+    fn image_names_are_read_as_godoxy_reads_them() {
+        assert_eq!(image_name("ghcr.io/tensorchord/pgvecto-rs"), "pgvecto-rs");
+        assert_eq!(image_name("redis:latest"), "redis");
+        assert_eq!(image_name("redis:7.4.0-alpine"), "redis");
+        assert_eq!(image_name("itzg/minecraft-server"), "minecraft-server");
+        assert_eq!(image_name("localhost:5000/postgres:16@sha256:abc"), "postgres");
+        assert_eq!(image_name(""), "");
+    }
+
+    #[test]
+    fn image_and_alias_names_give_godoxys_scheme_and_port() {
+        assert_eq!(default_port("postgres:16", "db"), Some((DefaultScheme::Tcp, 5432)));
+        assert_eq!(default_port("itzg/minecraft-server:latest", "mc"), Some((DefaultScheme::Tcp, 25565)));
+        assert_eq!(default_port("nginx", "web"), Some((DefaultScheme::Http, 80)));
+        assert_eq!(default_port("portainer/portainer-ce:2.21", "x"), Some((DefaultScheme::Http, 9443)));
+        assert_eq!(default_port("busybox", "portainer"), Some((DefaultScheme::Http, 9443)));
+        assert_eq!(default_port("busybox", "app"), None);
+    }
 
     #[test]
     fn the_preferred_port_follows_godoxys_order_then_the_lowest() {

@@ -17,6 +17,7 @@ fn view(labels: &[(&str, &str)]) -> ContainerView {
         network_mode: "bridge".into(),
         networks: [("bridge".to_string(), Some("172.17.0.5".parse().unwrap()))].into_iter().collect(),
         ports: Default::default(),
+        image: String::new(),
         state: ContainerState::Running,
     }
 }
@@ -472,6 +473,7 @@ mod fuzz {
                 network_mode: if host_mode { "host".into() } else { "bridge".into() },
                 networks: [("bridge".to_string(), Some("172.17.0.2".parse().unwrap()))].into_iter().collect(),
                 ports: Default::default(),
+                image: String::new(),
                 state: ContainerState::Running,
             };
             let r = parse_labels(&v, &self_nets);
