@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, free_tcp_port, free_udp_port};
 use dockward_tests::dockward::{http_get, poll};
 use dockward_tests::idle::{
-    ANSWER_WITHIN, CONTROL, SLEEP_WITHIN, engine, events, labels, loopback, now_secs, ping, ping_on, redis, refs,
-    state_of, wait_state,
+    ANSWER_WITHIN, SLEEP_WITHIN, controlling, engine, events, labels, loopback, now_secs, ping, ping_on, redis_route,
+    refs, state_of, wait_state,
 };
 
 /// dnsmasq on 127.0.0.1:`port` answering `wake.test` with 10.9.8.7.
@@ -60,11 +60,8 @@ fn metric(dockward: &DockwardWithDocker, line_start: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_sleeps_when_idle_and_the_first_ping_wakes_it() {
     let Some(engine) = engine("idle_redis").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let l = labels("redis", &port, "2s");
-    let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "2s", &[], true).await;
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "redis", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     assert_eq!(ping(loopback(listen)).as_deref(), Ok("+PONG"), "awake: served");
 
@@ -95,11 +92,8 @@ async fn redis_sleeps_when_idle_and_the_first_ping_wakes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connected_quiet_client_keeps_the_container_up() {
     let Some(engine) = engine("idle_held_open").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let l = labels("redis", &port, "1s");
-    let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "1s", &[], true).await;
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "redis", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     let mut conn = poll("a connection through the route", ANSWER_WITHIN, || {
         let mut s = TcpStream::connect(loopback(listen)).ok()?;
@@ -117,12 +111,9 @@ async fn a_connected_quiet_client_keeps_the_container_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_clients_at_a_sleeping_container_cause_one_start_and_are_all_served() {
     let Some(engine) = engine("idle_fifty").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let l = labels("redis", &port, "1s");
     // Created, never started: dockward lists it and binds its port asleep.
-    let c = engine.create(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "1s", &[], false).await;
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let since = now_secs();
     let clients: Vec<_> = (0..50).map(|_| std::thread::spawn(move || ping(loopback(listen)))).collect();
@@ -138,12 +129,8 @@ async fn fifty_clients_at_a_sleeping_container_cause_one_start_and_are_all_serve
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_method_pause_pauses_and_unpauses() {
     let Some(engine) = engine("idle_pause").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let mut l = labels("redis", &port, "1s");
-    l.push(("proxy.stop_method".into(), "pause".into()));
-    let c = engine.run(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "1s", &[("proxy.stop_method", "pause".into())], true).await;
+    let dockward = controlling(&engine);
     wait_state(&c.id, "paused", SLEEP_WITHIN, &dockward);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let since = now_secs();
@@ -158,12 +145,8 @@ async fn stop_method_pause_pauses_and_unpauses() {
 async fn depends_on_starts_the_dependency_first() {
     let Some(engine) = engine("idle_depends_on").await else { return };
     let dep = engine.create(&ContainerSpec::sleeper("db", &[])).await;
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let mut l = labels("redis", &port, "1s");
-    l.push(("proxy.depends_on".into(), dep.name.clone()));
-    let c = engine.create(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "1s", &[("proxy.depends_on", dep.name.clone())], false).await;
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let since = now_secs();
     assert_eq!(ping(loopback(listen)).as_deref(), Ok("+PONG"));
@@ -183,7 +166,7 @@ async fn a_target_that_never_listens_closes_held_clients_at_wake_timeout() {
     let mut l = labels("app", &port, "1s");
     l.push(("proxy.wake_timeout".into(), "2s".into()));
     let c = engine.create(&ContainerSpec::sleeper("mute", &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "app", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     let began = Instant::now();
     let mut s = TcpStream::connect(loopback(listen)).expect("accepted, not refused");
@@ -215,7 +198,7 @@ async fn dnsmasq_sleeps_and_the_first_query_is_answered() {
         ("proxy.idle_timeout".to_string(), "2s".to_string()),
     ];
     let c = engine.run(&dnsmasq(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "dns", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     wait_state(&c.id, "exited", SLEEP_WITHIN, &dockward);
     dockward.wait_row(&c.name, "dns", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
@@ -229,17 +212,14 @@ async fn dnsmasq_sleeps_and_the_first_query_is_answered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_while_asleep_dockward_binds_again_and_wakes_it() {
     let Some(engine) = engine("idle_restart").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let l = labels("redis", &port, "1s");
-    let c = engine.run(&redis(target, &refs(&l))).await;
-    let first = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "1s", &[], true).await;
+    let first = controlling(&engine);
     wait_state(&c.id, "exited", SLEEP_WITHIN, &first);
     drop(first);
     // Events are filtered by whole seconds: start after the second the stop fell in.
     let since = now_secs() + 1;
     std::thread::sleep(Duration::from_millis(1100));
-    let second = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let second = controlling(&engine);
     second.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     // Past its idle timeout again, asleep: it is not stopped a second time.
     std::thread::sleep(Duration::from_millis(1500));
@@ -251,11 +231,8 @@ async fn restarted_while_asleep_dockward_binds_again_and_wakes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_removed_while_asleep_frees_its_port() {
     let Some(engine) = engine("idle_removed").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let l = labels("redis", &port, "1s");
-    let c = engine.create(&redis(target, &refs(&l))).await;
-    let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL);
+    let (c, listen) = redis_route(&engine, "1s", &[], false).await;
+    let dockward = controlling(&engine);
     dockward.wait_row(&c.name, "redis", "sleeping", SLEEP_WITHIN, |r| r["state"] == "sleeping");
     c.remove().await;
     dockward.wait_gone(&c.name, "redis", SLEEP_WITHIN);
@@ -265,10 +242,7 @@ async fn a_container_removed_while_asleep_frees_its_port() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_flag_idle_labels_are_an_error_row_naming_it() {
     let Some(engine) = engine("idle_no_flag").await else { return };
-    let (listen, target) = (free_tcp_port(), free_tcp_port());
-    let port = format!("{listen}:{target}");
-    let l = labels("redis", &port, "1s");
-    let c = engine.run(&redis(target, &refs(&l))).await;
+    let (c, listen) = redis_route(&engine, "1s", &[], true).await;
     let dockward = DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, &[]);
     dockward.wait_row(&c.name, "redis", "listening", SLEEP_WITHIN, |r| r["state"] == "listening");
     let errors = poll("the error row", SLEEP_WITHIN, || {

@@ -8,7 +8,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::docker::{ContainerSpec, DockwardWithDocker, TestEngine, docker_cli, docker_required};
+use crate::docker::{
+    ContainerSpec, DockwardWithDocker, TestContainer, TestEngine, docker_cli, docker_required, free_tcp_port,
+};
 
 /// A container must be put to sleep within this after its idle timeout.
 pub const SLEEP_WITHIN: Duration = Duration::from_secs(30);
@@ -139,4 +141,26 @@ pub fn ping_on(s: &mut TcpStream) -> Result<String, String> {
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// A redis container on a free loopback port, labelled `proxy.aliases=redis`, a route on
+/// another free port and `proxy.idle_timeout=idle` (plus `extra`): started when `start`, else
+/// only created. Returns it and the route's listen port.
+pub async fn redis_route(
+    engine: &TestEngine,
+    idle: &str,
+    extra: &[(&str, String)],
+    start: bool,
+) -> (TestContainer, u16) {
+    let (listen, target) = (free_tcp_port(), free_tcp_port());
+    let mut l = labels("redis", &format!("{listen}:{target}"), idle);
+    l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let spec = redis(target, &refs(&l));
+    let c = if start { engine.run(&spec).await } else { engine.create(&spec).await };
+    (c, listen)
+}
+
+/// dockward with container control, watching `engine`'s test case.
+pub fn controlling(engine: &TestEngine) -> DockwardWithDocker {
+    DockwardWithDocker::start_with_args(engine.host.as_deref(), &engine.case, None, CONTROL)
 }
