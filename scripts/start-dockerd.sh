@@ -4,8 +4,8 @@
 #   source scripts/start-dockerd.sh   # from .ci/run: exports DOCKWARD_REQUIRE_DOCKER=1 on success
 #   bash scripts/start-dockerd.sh     # by hand: exit status 0 when an engine answers
 #
-# Idempotent: when /var/run/docker.sock already answers nothing is installed or started, so
-# running it twice is harmless. Packages come from Debian: docker.io (dockerd, containerd,
+# Idempotent: when /var/run/docker.sock already answers no engine is started (only missing test
+# packages are installed), so running it twice is harmless. Packages come from Debian: docker.io (dockerd, containerd,
 # runc), busybox-static (the test image is built from /bin/busybox), socat (the UDP echo
 # target the tests run inside a container), redis-server and dnsmasq-base (the idle-sleep
 # tests' servers), docker-compose and libcap2-bin (tests/deploy.rs). dockerd runs without iptables rules and without
@@ -69,6 +69,8 @@ dockward_start_dockerd() {
 
     if dockward_engine_answers; then
         dockward_dockerd_log "engine already answers"
+        # The tests' own packages (socat, redis-server, dnsmasq, ...) may still be missing.
+        dockward_install_docker || dockward_dockerd_log "test packages are missing and could not be installed"
         return 0
     fi
     dockward_install_docker || return 1
