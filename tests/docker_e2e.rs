@@ -5,11 +5,11 @@
 //! All traffic stays on 127.0.0.1: containers run with network mode host and listen on
 //! loopback; every route binds 127.0.0.1 (`proxy.*.bind`).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, loopback, tcp_echo_eventually,
     udp_echo_eventually,
 };
 use dockward_tests::on_each_engine;
@@ -18,10 +18,6 @@ use dockward_tests::on_each_engine;
 const FOLLOW: Duration = Duration::from_secs(10);
 /// A target inside a just-started container may need a moment to bind.
 const TARGET_UP: Duration = Duration::from_secs(15);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 on_each_engine! {
     async fn tcp_and_udp_routes_appear_on_start_and_carry_traffic(engine) {

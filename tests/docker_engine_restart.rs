@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, loopback, tcp_echo_eventually,
 };
 use dockward_tests::dockward::echo_server;
 use dockward_tests::private_engine::PrivateEngine;
@@ -29,10 +29,6 @@ const ROUTES_BACK: Duration = Duration::from_secs(3);
 const LONG_OUTAGE: Duration = Duration::from_secs(8);
 /// Which restarts hold the engine down for [`LONG_OUTAGE`].
 const LONG_OUTAGES_AT: &[usize] = &[4];
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// Round trips on one open connection, in a thread, until stopped: each must come back
 /// whole and in time, or the thread records the failure and stops.

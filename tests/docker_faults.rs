@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, tcp_echo_eventually};
+use dockward_tests::docker::{
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, loopback, tcp_echo_eventually,
+};
 use dockward_tests::dockward::{echo_server, poll};
 use dockward_tests::load::Pattern;
 
@@ -22,10 +24,6 @@ const FOLLOW: Duration = Duration::from_secs(10);
 const TARGET_UP: Duration = Duration::from_secs(15);
 /// How soon a client must see the end of a connection whose target was killed.
 const PROMPTLY: Duration = Duration::from_secs(2);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// A connection streaming a checked pattern through an echo route, in two threads.
 struct Transfer {

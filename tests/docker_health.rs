@@ -8,10 +8,10 @@
 //! here has not. All traffic stays on 127.0.0.1.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, TestContainer, TestEngine, free_tcp_port};
+use dockward_tests::docker::{ContainerSpec, DockwardWithDocker, TestContainer, TestEngine, free_tcp_port, loopback};
 
 /// Routes and verdicts must follow the engine within this (expected: about one check
 /// interval after the change).
@@ -20,10 +20,6 @@ const FOLLOW: Duration = Duration::from_secs(20);
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// The health check: healthy while /tmp/ok exists.
 const CHECK: &str = "test -f /tmp/ok";
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// A replica of alias `app` on listen port `listen`, serving `name` on `target`.
 fn replica(name: &str, listen: u16, target: u16) -> ContainerSpec {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, free_udp_port, loopback, tcp_echo_eventually,
     udp_echo_eventually,
 };
 use dockward_tests::dockward::run;
@@ -21,10 +21,6 @@ use dockward_tests::dockward::run;
 const FOLLOW: Duration = Duration::from_secs(10);
 /// A target inside a just-started container may need a moment to bind.
 const TARGET_UP: Duration = Duration::from_secs(15);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// A UDP-only exposed port makes a scheme-less alias UDP, and an alias with a scheme but no
 /// port takes the container's exposed port; both carry traffic, and `dockward check

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use docker_watcher::{DockerConfig, DockerSnapshot, DockerWatcher, OwnContainer};
-use dockward_tests::docker::{CASE_LABEL, DockwardWithDocker, RUN_LABEL, TestEngine, free_tcp_port, run_id};
+use dockward_tests::docker::{CASE_LABEL, DockwardWithDocker, RUN_LABEL, TestEngine, free_tcp_port, loopback, run_id};
 use dockward_tests::dockward::poll;
 use dockward_tests::swarm::{ServiceSpec, TestService, TestSwarm, in_a_swarm, serial};
 use serde_json::Value;
@@ -27,10 +27,6 @@ use tokio_util::sync::CancellationToken;
 const FOLLOW: Duration = Duration::from_secs(20);
 /// A target inside a just-started task may need a moment to bind.
 const TARGET_UP: Duration = Duration::from_secs(20);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// Connects to `addr` and reads what the tag server there says, up to its close.
 fn read_tag(addr: SocketAddr) -> std::io::Result<String> {

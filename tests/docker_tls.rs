@@ -16,14 +16,13 @@
 //! unless DOCKWARD_REQUIRE_DOCKER=1 (CI), where it fails instead. All traffic stays on
 //! 127.0.0.1.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use dockward_tests::certs::TestCerts;
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, loopback, tcp_echo_eventually,
 };
 use dockward_tests::dockward::poll;
 use dockward_tests::private_engine::PrivateEngine;
@@ -33,10 +32,6 @@ use serde_json::Value;
 const FOLLOW: Duration = Duration::from_secs(20);
 /// A target inside a just-started container may need a moment to bind.
 const TARGET_UP: Duration = Duration::from_secs(15);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn listening(r: &Value) -> bool {
     r["state"] == "listening"

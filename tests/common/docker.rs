@@ -236,6 +236,11 @@ impl ContainerSpec {
     }
 }
 
+/// `127.0.0.1:port`: where every test sends its traffic.
+pub fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// The `docker` CLI, talking to `host` when given (else to DOCKER_HOST or the local socket).
 pub fn docker_cli(host: Option<&str>) -> Command {
     engine_cli(EngineKind::Docker, host)

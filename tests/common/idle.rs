@@ -8,6 +8,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use crate::docker::loopback;
 use crate::docker::{
     ContainerSpec, DockwardWithDocker, TestContainer, TestEngine, docker_cli, docker_required, free_tcp_port,
 };
@@ -31,11 +32,6 @@ pub async fn engine(case: &str) -> Option<TestEngine> {
         }
     }
     Some(engine)
-}
-
-/// 127.0.0.1:`port`.
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// redis on 127.0.0.1:`port`, with `labels`.
