@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, loopback, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, loopback, tcp_echo_eventually,
 };
 use dockward_tests::dockward::echo_server;
 use dockward_tests::private_engine::PrivateEngine;
@@ -111,9 +111,7 @@ fn until_routed_again(dockward: &DockwardWithDocker, addr: SocketAddr, limit: Du
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_routes_come_back_within_3s_of_each_of_ten_engine_restarts_and_file_routes_are_untouched() {
     const NAME: &str = "docker_engine_restart";
-    if let Err(why) = PrivateEngine::available() {
-        assert!(!docker_required(), "DOCKWARD_REQUIRE_DOCKER=1 but a private dockerd cannot run: {why}");
-        dockward_tests::skip::skip("docker", NAME, format!("a private dockerd cannot run here: {why}"));
+    if !PrivateEngine::usable_for(NAME) {
         return;
     }
     let mut private = PrivateEngine::start();

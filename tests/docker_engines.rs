@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, loopback, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, loopback, tcp_echo_eventually,
 };
 use dockward_tests::dockward::poll;
 use dockward_tests::private_engine::PrivateEngine;
@@ -49,9 +49,7 @@ fn echo(prefix: &str, alias: &str, listen: u16, target: u16) -> ContainerSpec {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_engines_route_side_by_side_and_losing_one_leaves_the_other_untouched() {
     const NAME: &str = "docker_engines";
-    if let Err(why) = PrivateEngine::available() {
-        assert!(!docker_required(), "DOCKWARD_REQUIRE_DOCKER=1 but a private dockerd cannot run: {why}");
-        dockward_tests::skip::skip("docker", NAME, format!("a private dockerd cannot run here: {why}"));
+    if !PrivateEngine::usable_for(NAME) {
         return;
     }
     let Some(local) = TestEngine::connect(NAME).await else { return };

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use dockward_tests::certs::TestCerts;
 use dockward_tests::docker::{
-    ContainerSpec, DockwardWithDocker, TestEngine, docker_required, free_tcp_port, loopback, tcp_echo_eventually,
+    ContainerSpec, DockwardWithDocker, TestEngine, free_tcp_port, loopback, tcp_echo_eventually,
 };
 use dockward_tests::dockward::poll;
 use dockward_tests::private_engine::PrivateEngine;
@@ -110,9 +110,7 @@ fn certificate_files_at_fault_are_named_with_their_engine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tls_engine_is_watched_with_the_right_certificates_and_refused_with_wrong_ones() {
     const NAME: &str = "docker_tls";
-    if let Err(why) = PrivateEngine::available() {
-        assert!(!docker_required(), "DOCKWARD_REQUIRE_DOCKER=1 but a private dockerd cannot run: {why}");
-        dockward_tests::skip::skip("docker", NAME, format!("a private dockerd cannot run here: {why}"));
+    if !PrivateEngine::usable_for(NAME) {
         return;
     }
     let Some(local) = TestEngine::connect(NAME).await else { return };

@@ -36,6 +36,23 @@ pub struct PrivateEngine {
 }
 
 impl PrivateEngine {
+    /// True when a private engine can run here. Otherwise prints SKIP for test `case` and
+    /// returns false, or fails the test when the run requires Docker
+    /// (`DOCKWARD_REQUIRE_DOCKER=1`).
+    pub fn usable_for(case: &str) -> bool {
+        match Self::available() {
+            Ok(()) => true,
+            Err(why) => {
+                assert!(
+                    !crate::docker::docker_required(),
+                    "DOCKWARD_REQUIRE_DOCKER=1 but a private dockerd cannot run: {why}"
+                );
+                crate::skip::skip("docker", case, format!("a private dockerd cannot run here: {why}"));
+                false
+            }
+        }
+    }
+
     /// Whether this process can run a private engine (root, `dockerd` on PATH); the reason
     /// when it cannot.
     pub fn available() -> Result<(), String> {
